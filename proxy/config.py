@@ -1,0 +1,303 @@
+"""The one YAML file: parsed and validated into frozen objects.
+
+Every error names its key path and the offending value, e.g.
+``routes[1].match.path_prefix: must start with '/' (got 'api')``. Loading
+never half-applies: either a whole new `Config` comes back or a
+`ConfigError` listing every problem at once, and the caller keeps the last
+good config.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """'127.0.0.1:8080', '[::1]:8080', 'name:80' -> (host, port)."""
+    v = value.strip()
+    if v.startswith("["):
+        host, sep, rest = v[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unterminated '[' in {value!r}")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_s = v.rpartition(":")
+        if not sep:
+            host, port_s = v, ""
+        elif ":" in host:
+            raise ValueError(f"IPv6 addresses need brackets: {value!r}")
+    if not port_s:
+        if default_port is None:
+            raise ValueError(f"missing port in {value!r} (expected host:port)")
+        return host, default_port
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    return host, int(port_s)
+
+
+def _cidrs(values: list[str]) -> list[str]:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP network: {v!r}") from None
+    return values
+
+
+class NodeConfig(Frozen):
+    name: str = "edge-1"
+    region: str = "us-east-1"
+
+
+class Limits(Frozen):
+    max_request_line: int = Field(8192, ge=64)        # URI and request line: 414 beyond
+    max_header_bytes: int = Field(32768, ge=256)      # whole header block: 431 beyond
+    max_headers: int = Field(100, ge=4)               # header count: 431 beyond
+    max_body_bytes: int = Field(1 << 30, ge=0)        # default per route: 413 beyond
+    header_timeout_s: float = Field(10.0, gt=0)       # slowloris: whole head must arrive in time
+    body_idle_timeout_s: float = Field(30.0, gt=0)    # no body byte for this long: 408
+    keepalive_timeout_s: float = Field(60.0, gt=0)    # idle client connection
+    max_connections: int = Field(10000, ge=1)         # per worker
+    drain_timeout_s: float = Field(30.0, ge=0)        # SIGTERM: finish in-flight for this long
+
+
+class UpstreamConfig(Frozen):
+    connect_timeout_s: float = Field(3.0, gt=0)
+    response_timeout_s: float = Field(30.0, gt=0)     # request sent -> response head: 504
+    idle_timeout_s: float = Field(60.0, gt=0)         # pooled connection unused this long: closed
+    max_connections_per_backend: int = Field(1024, ge=1)
+    max_idle_per_backend: int = Field(256, ge=0)
+    retries: int = Field(2, ge=0, le=10)              # only requests that are safe to retry
+
+
+class TlsCert(Frozen):
+    cert: str
+    key: str
+    server_names: list[str] = []                      # empty: the default certificate
+
+
+class ListenerConfig(Frozen):
+    bind: str
+    name: str | None = None
+    proxy_protocol: bool = False
+    proxy_protocol_from: list[str] = ["127.0.0.0/8", "::1/128"]
+    tls: list[TlsCert] = []
+    acl_allow: list[str] = []
+    acl_deny: list[str] = []
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+    @field_validator("proxy_protocol_from", "acl_allow", "acl_deny")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        return _cidrs(v)
+
+
+class BackendConfig(Frozen):
+    address: str
+    weight: int = Field(1, ge=0, le=1000)
+    zone: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+
+def _backend_shorthand(v: Any) -> Any:
+    return {"address": v} if isinstance(v, str) else v
+
+
+class PoolConfig(Frozen):
+    # region name -> its backends ("host:port" or {address, weight, zone})
+    regions: dict[str, list[BackendConfig]]
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {r: [_backend_shorthand(b) for b in (bs or [])] if isinstance(bs, list) else bs
+                    for r, bs in v.items()}
+        return v
+
+
+Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
+
+
+class RouteMatch(Frozen):
+    hosts: list[str] = []                             # empty: any host; "*.example.com" allowed
+    path_prefix: str = "/"
+    methods: list[Method] = []                        # empty: any
+    countries: list[str] = []                         # ISO 3166 alpha-2; empty: any
+    continents: list[str] = []                        # AF AN AS EU NA OC SA; empty: any
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"must start with '/' (got {v!r})")
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return [h.lower() for h in v]
+
+
+class RouteConfig(Frozen):
+    name: str
+    match: RouteMatch = RouteMatch()
+    pool: str
+    policy: Literal["latency", "geo", "weighted", "failover"] = "latency"
+    regions: list[str] = []                           # candidate regions; empty: all of the pool's
+    max_body_bytes: int | None = Field(None, ge=0)
+    write: bool | None = None                         # None: writes are the non-idempotent methods
+    retry_non_idempotent: bool = False                # only with an Idempotency-Key header
+
+
+class Config(Frozen):
+    node: NodeConfig = NodeConfig()
+    workers: int | Literal["auto"] = 1
+    listeners: list[ListenerConfig] = [ListenerConfig(bind="127.0.0.1:8080")]
+    trusted_proxies: list[str] = []                   # X-Forwarded-For is believed only from these
+    limits: Limits = Limits()
+    upstream: UpstreamConfig = UpstreamConfig()
+    pools: dict[str, PoolConfig] = {}
+    routes: list[RouteConfig] = []
+    debug_headers: bool = False                       # X-NovaEdge-Decision on every response
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted(cls, v: list[str]) -> list[str]:
+        return _cidrs(v)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError("must be between 1 and 256, or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> "Config":
+        catalogue = region_catalogue()
+        errors: list[str] = []
+        if self.node.region not in catalogue:
+            errors.append(f"node.region: unknown region {self.node.region!r} "
+                          f"(known: {', '.join(catalogue)})")
+        for pname, pool in self.pools.items():
+            for rname in pool.regions:
+                if rname not in catalogue:
+                    errors.append(f"pools.{pname}.regions.{rname}: unknown region {rname!r}")
+        names: set[str] = set()
+        for i, r in enumerate(self.routes):
+            if r.name in names:
+                errors.append(f"routes[{i}].name: duplicate route name {r.name!r}")
+            names.add(r.name)
+            if r.pool not in self.pools:
+                errors.append(f"routes[{i}].pool: no pool named {r.pool!r} "
+                              f"(pools: {', '.join(self.pools) or 'none'})")
+                continue
+            for j, reg in enumerate(r.regions):
+                if reg not in self.pools[r.pool].regions:
+                    errors.append(f"routes[{i}].regions[{j}]: pool {r.pool!r} has no region {reg!r}")
+        binds = [parse_hostport(li.bind) for li in self.listeners]
+        if len(set(binds)) != len(binds):
+            errors.append("listeners: two listeners bind the same address")
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+
+
+class ConfigError(Exception):
+    """Every problem found, one per line, each starting with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before", "union", "literal"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format(err: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"].removeprefix("Value error, ")
+        loc = _loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p)))
+        if "\n" in msg:  # cross-reference errors carry their own key paths
+            problems.extend(msg.splitlines())
+            continue
+        if loc == "(top level)" and ":" in msg.split(" ")[0]:
+            problems.append(msg)
+            continue
+        value = e.get("input")
+        shown = "" if e["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
+        problems.append(f"{loc}: {msg}{shown}")
+    return problems
+
+
+def parse_config(data: Any) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError([f"(file): cannot read {path}: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([f"(yaml): {where}: {getattr(e, 'problem', e)}"]) from None
+    return parse_config(data)
+
+
+_CATALOGUE: dict[str, dict[str, Any]] | None = None
+
+
+def region_catalogue() -> dict[str, dict[str, Any]]:
+    """The 13 regions (config/regions.yaml): name -> {name, lat, lon, area}."""
+    global _CATALOGUE
+    if _CATALOGUE is None:
+        _CATALOGUE = yaml.safe_load((REPO_CONFIG_DIR / "regions.yaml").read_text())["regions"]
+    return _CATALOGUE

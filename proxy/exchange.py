@@ -1,0 +1,563 @@
+"""One request and its response, carried between a client and a backend.
+
+Phases, in order, and their contracts (tests/integration/test_phases.py checks
+the order through the access log's verdicts):
+
+1. ``Downstream.head_complete`` (parse + identify): validates framing and the
+   head; returns an error status or builds the RequestContext. No I/O.
+2. ``Node.protect`` (ACL, rate limits, detector): may answer 403/429; nothing
+   has been sent upstream yet, so an early answer costs nothing.
+3. ``Node.route`` (route match, region and backend choice): may answer 404
+   (no route), 413 (declared body too large) or 503 (no backend / region).
+4. ``Exchange.start`` (forward): takes a warm pooled connection synchronously
+   or connects. Called again on retry, with the failed backend excluded; a
+   retry happens only if no byte of the request can have reached a backend,
+   or the request is idempotent and its body is still held in full.
+5. ``Exchange.finish`` (log): always runs exactly once, on success, on error
+   and on client abort; it hands the context to the access log and metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .http11 import CONTINUE_100, HOP_BY_HOP, connection_tokens, error_response
+from .upstream import BackendPool, PoolLimitReached, UpstreamConnection
+
+if TYPE_CHECKING:
+    from .context import RequestContext
+    from .downstream import Downstream
+    from .node import Backend, Node
+
+REPLAY_LIMIT = 64 * 1024      # request body kept for a safe retry
+BODY_HIGH_WATER = 256 * 1024  # buffered body while connecting: pause the client past this
+
+# Exchange.state
+PARSING, WAITING, CONNECTING, SENT, RESPONDING, TUNNEL, DONE = range(7)
+
+
+class Exchange:
+    __slots__ = (
+        # per-request parse state (filled by Downstream's parser callbacks)
+        "down", "url", "headers", "host_value", "host_count", "has_cl", "chunked",
+        "conn_tokens", "expect", "upgrade", "te_value", "head_bytes", "body_complete",
+        "method", "version", "keep_alive", "pending_body",
+        # per-request proxy state
+        "node", "ctx", "state", "req_head", "body_chunked_out", "replay", "replayable",
+        "body_forwarded", "up", "backend", "pool", "tried", "timer",
+        "resp_parser", "resp_status", "resp_reason", "resp_headers", "resp_head_sent",
+        "resp_out_chunked", "resp_close_after", "resp_complete", "resp_no_body",
+        "resp_upgrade_at", "resp_raw_left", "want_upgrade", "tunnel_held", "max_body",
+        "declared_len", "attempt_start",
+    )
+
+    def __init__(self, down: "Downstream") -> None:
+        self.down = down
+        self.node: Node = down.node
+        self.url: list[bytes] = []
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lname, name, value)
+        self.host_value: bytes | None = None
+        self.host_count = 0
+        self.has_cl = False
+        self.chunked = False
+        self.conn_tokens: set[bytes] = set()
+        self.expect: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.te_value: bytes | None = None
+        self.head_bytes = 0
+        self.body_complete = False
+        self.method = ""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.pending_body: list[bytes] = []  # body chunks not yet sent upstream
+        self.ctx: RequestContext | None = None
+        self.state = PARSING
+        self.req_head = b""
+        self.body_chunked_out = False
+        self.replay: list[bytes] | None = []
+        self.replayable = True
+        self.body_forwarded = False
+        self.up: UpstreamConnection | None = None
+        self.backend: Backend | None = None
+        self.pool: BackendPool | None = None
+        self.tried: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.resp_parser: httptools.HttpResponseParser | None = None
+        self.resp_status = 0
+        self.resp_reason = b""
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_head_sent = False
+        self.resp_out_chunked = False
+        self.resp_close_after = False
+        self.resp_complete = False
+        self.resp_no_body = False
+        self.resp_upgrade_at = -1
+        self.resp_raw_left = b""
+        self.want_upgrade = False
+        self.tunnel_held: list[bytes] = []
+        self.max_body = 0
+        self.declared_len = -1
+        self.attempt_start = 0.0
+
+    # ------------------------------------------------------------------
+    # request body, from the client
+    # ------------------------------------------------------------------
+    def request_body(self, data: bytes) -> None:
+        ctx = self.ctx
+        if ctx is None or self.state == DONE:
+            return
+        ctx.bytes_in += len(data)
+        if ctx.bytes_in > self.max_body:
+            self.down.fail_request(self, 413, f"request body over {self.max_body} bytes")
+            return
+        if self.replay is not None:
+            if ctx.bytes_in <= REPLAY_LIMIT:
+                self.replay.append(data)
+            else:
+                self.replay = None
+        chunk = b"%x\r\n%b\r\n" % (len(data), data) if self.body_chunked_out else data
+        up = self.up
+        if up is not None and self.state >= SENT and up.transport is not None:
+            up.transport.write(chunk)
+            self.body_forwarded = True
+        else:
+            self.pending_body.append(chunk)
+            if sum(map(len, self.pending_body)) > BODY_HIGH_WATER:
+                self.down.pause_reading("connecting")
+
+    def request_done(self) -> None:
+        """The client's request message is complete (body included)."""
+        self.body_complete = True
+        if self.body_chunked_out:
+            tail = b"0\r\n\r\n"
+            up = self.up
+            if up is not None and self.state >= SENT and up.transport is not None:
+                up.transport.write(tail)
+            else:
+                self.pending_body.append(tail)
+        if self.state >= SENT and self.timer is None and not self.resp_head_sent:
+            self._arm_response_timer()
+
+    # ------------------------------------------------------------------
+    # forward: pick a backend, take or open a connection, send the head
+    # ------------------------------------------------------------------
+    def start(self) -> None:
+        node = self.node
+        ctx = self.ctx
+        assert ctx is not None
+        choice = node.choose_backend(ctx, self.tried)
+        if isinstance(choice, tuple):
+            status, reason = choice
+            self.down.fail_request(self, status, reason)
+            return
+        backend = choice
+        self.backend = backend
+        self.tried.add(backend.id)
+        ctx.backend = backend.id
+        ctx.region = backend.region
+        pool = node.pool_for(backend)
+        self.pool = pool
+        self.attempt_start = node.now()
+        if ctx.upstream_start == 0.0:
+            ctx.upstream_start = self.attempt_start
+        node.upstream_started(backend)
+        conn = pool.take_idle()
+        if conn is not None:
+            self._attach(conn)
+            return
+        self.state = CONNECTING
+        node.loop.create_task(self._connect(pool))
+
+    async def _connect(self, pool: BackendPool) -> None:
+        node = self.node
+        try:
+            conn = await pool.connect(node.loop, node.snapshot.config.upstream.connect_timeout_s)
+        except PoolLimitReached:
+            self._upstream_failed("upstream-connection-limit", 503, retry_ok=True, sent=False)
+            return
+        except asyncio.TimeoutError:
+            pool.connect_failures += 1
+            self._upstream_failed("upstream-connect-timeout", 504, retry_ok=True, sent=False)
+            return
+        except OSError as e:
+            pool.connect_failures += 1
+            name = "upstream-connect-refused" if isinstance(e, ConnectionRefusedError) else "upstream-connect-failed"
+            self._upstream_failed(name, 502, retry_ok=True, sent=False)
+            return
+        if self.state == DONE:   # the client went away meanwhile
+            pool.release(conn, node.now())
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.up = conn
+        conn.exchange = self
+        self.state = SENT
+        self.resp_parser = httptools.HttpResponseParser(self)
+        t = conn.transport
+        assert t is not None
+        if self.pending_body:
+            t.write(self.req_head + b"".join(self.pending_body))
+            self.pending_body = []
+            self.body_forwarded = True
+            self.down.resume_reading("connecting")
+        else:
+            t.write(self.req_head)
+        if self.body_complete or self.want_upgrade:
+            self._arm_response_timer()
+
+    def _arm_response_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.node.loop.call_later(
+            self.node.snapshot.config.upstream.response_timeout_s, self._response_timeout)
+
+    def _response_timeout(self) -> None:
+        self.timer = None
+        if self.state in (SENT, RESPONDING) and not self.resp_head_sent:
+            self._upstream_failed("upstream-response-timeout", 504, retry_ok=False, sent=True)
+        elif self.state == RESPONDING:
+            self.node.loop.call_soon(self._abort_both, "upstream-response-timeout")
+
+    def _can_retry(self, sent: bool) -> bool:
+        ctx = self.ctx
+        assert ctx is not None
+        if ctx.retries >= self.node.snapshot.config.upstream.retries or self.resp_head_sent:
+            return False
+        if not sent and not self.body_forwarded:
+            return True   # nothing reached any backend
+        # It may have reached the backend: only idempotent requests whose body we still hold.
+        return (ctx.method in IDEMPOTENT_RETRY and not ctx.is_write
+                and self.replay is not None and (self.body_complete or ctx.bytes_in == 0))
+
+    def _upstream_failed(self, reason: str, status: int, *, retry_ok: bool, sent: bool) -> None:
+        if self.state == DONE:
+            return
+        ctx = self.ctx
+        assert ctx is not None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.exchange = None
+            up.close()
+        if self.backend is not None:
+            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start,
+                                        "timeout" if status == 504 else "connect_error")
+        if retry_ok and self._can_retry(sent):
+            ctx.retries += 1
+            ctx.verdicts.append("retry:" + reason)
+            self._reset_for_retry()
+            self.start()
+            return
+        if self.resp_head_sent:
+            self._abort_both(reason)
+        else:
+            self.down.fail_request(self, status, reason)
+
+    def _reset_for_retry(self) -> None:
+        self.state = WAITING
+        self.resp_parser = None
+        self.resp_status = 0
+        self.resp_headers = []
+        self.resp_complete = False
+        if self.replay is not None:
+            body = b"".join(self.replay)
+            pieces: list[bytes] = []
+            if body:
+                pieces.append(b"%x\r\n%b\r\n" % (len(body), body) if self.body_chunked_out else body)
+            if self.body_complete and self.body_chunked_out:
+                pieces.append(b"0\r\n\r\n")
+            self.pending_body = pieces
+        self.body_forwarded = False
+
+    # ------------------------------------------------------------------
+    # response, from the backend (httptools callbacks buffer; logic below)
+    # ------------------------------------------------------------------
+    def upstream_data(self, data: bytes) -> None:
+        if self.state == TUNNEL:
+            self.down.write(data)
+            return
+        parser = self.resp_parser
+        if parser is None or self.resp_complete:
+            if self.up is not None:
+                self.up.close()   # bytes after a complete response: unusable
+            return
+        if self.state == SENT:
+            self.state = RESPONDING
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.resp_upgrade_at = int(e.args[0]) if e.args else len(data)
+            self.resp_raw_left = data[self.resp_upgrade_at:]
+            self._start_tunnel()
+            return
+        except httptools.HttpParserError as e:
+            self._bad_response(str(e))
+            return
+        if self.resp_complete and self.state != DONE:
+            self._response_done()
+
+    def _bad_response(self, detail: str) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.verdicts.append("bad-response:" + detail[:60])
+        if self.backend is not None:
+            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, "5xx")
+        if self.resp_head_sent:
+            self._abort_both("upstream-bad-response")
+        else:
+            up = self.up
+            self.up = None
+            if up is not None:
+                up.exchange = None
+                up.close()
+            self.down.fail_request(self, 502, "upstream-bad-response")
+
+    # httptools callbacks
+    def on_status(self, reason: bytes) -> None:
+        self.resp_reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.resp_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.resp_parser
+        assert parser is not None
+        status = parser.get_status_code()
+        self.resp_status = status
+        if status < 200:
+            if status == 101:
+                if not self.want_upgrade:
+                    raise ValueError("101 the client did not ask for")
+                return   # the HttpParserUpgrade path takes over
+            # 100 was answered by us already; 103 and others are relayed to 1.1 clients.
+            if status != 100 and self.version == "1.1":
+                self.down.write(self._render_head(interim=True))
+            self.resp_headers = []
+            self.resp_reason = b""
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.status = status
+        ctx.upstream_headers_at = self.node.now()
+        self.resp_no_body = ctx.method == "HEAD" or status in (204, 304)
+        self.down.write(self._render_head(interim=False))
+        self.resp_head_sent = True
+        if self.resp_no_body:
+            self.resp_complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.resp_no_body:
+            # A body on HEAD/204/304 is a protocol error: keep it off the wire, drop the conn.
+            if self.up is not None:
+                self.up.close()
+            return
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.bytes_out += len(body)
+        if self.resp_out_chunked:
+            self.down.write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self.down.write(body)
+
+    def on_message_complete(self) -> None:
+        if self.resp_status >= 200 or self.resp_status == 0:
+            self.resp_complete = True
+
+    def _render_head(self, interim: bool) -> bytes:
+        status = self.resp_status
+        reason = self.resp_reason or b"OK"
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+        extra_hop: set[bytes] = set()
+        has_cl = False
+        chunked = False
+        for name, value in self.resp_headers:
+            ln = name.lower()
+            if ln == b"connection":
+                extra_hop |= connection_tokens(value)
+        for name, value in self.resp_headers:
+            ln = name.lower()
+            if ln in HOP_BY_HOP:
+                if ln == b"transfer-encoding":
+                    chunked = True
+                continue
+            if ln in extra_hop:
+                continue
+            if ln == b"content-length":
+                has_cl = True
+            out.append(name + b": " + value + b"\r\n")
+        if interim:
+            out.append(b"\r\n")
+            return b"".join(out)
+        ctx = self.ctx
+        assert ctx is not None
+        out.append(self.node.via_header)
+        out.append(b"X-Request-Id: " + ctx.request_id.encode() + b"\r\n")
+        if self.node.explain_wanted(self):
+            out.append(b"X-NovaEdge-Decision: " + self.node.explain(ctx).encode() + b"\r\n")
+        client_11 = self.version == "1.1"
+        parser = self.resp_parser
+        upstream_ka = parser.should_keep_alive() if parser is not None else False
+        if self.resp_no_body:
+            pass
+        elif chunked or (not has_cl):
+            # Chunked or close-delimited upstream: chunk it for 1.1 clients,
+            # close-delimit for 1.0 ones.
+            if client_11:
+                self.resp_out_chunked = True
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.resp_close_after = True
+        if not upstream_ka and not chunked and not has_cl and not self.resp_no_body:
+            pass  # body ends when the backend closes: upstream_eof finishes it
+        if self.resp_close_after or not self.down.keep_alive_after(self):
+            self.resp_close_after = True
+            out.append(b"Connection: close\r\n")
+        elif not client_11:
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def upstream_eof(self) -> None:
+        # For a close-delimited response llhttp completes the message on EOF.
+        parser = self.resp_parser
+        if self.state == TUNNEL:
+            self.down.upstream_tunnel_eof()
+            return
+        if parser is not None and self.resp_head_sent and not self.resp_complete:
+            try:
+                parser.feed_data(b"")
+            except httptools.HttpParserError:
+                pass
+            if self.resp_complete:
+                self._response_done()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.state == DONE:
+            return
+        if self.state == TUNNEL:
+            self.down.upstream_tunnel_eof()
+            return
+        self.up = None
+        if self.resp_complete:
+            self._response_done()
+            return
+        if self.resp_head_sent:
+            self._abort_both("upstream-closed-mid-response")
+            return
+        # Lost before the response head: the request may or may not have been read.
+        self._upstream_failed("upstream-reset-before-response", 502, retry_ok=True,
+                              sent=self.state >= SENT)
+
+    def _response_done(self) -> None:
+        if self.state == DONE:
+            return
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        node = self.node
+        now = node.now()
+        up = self.up
+        self.up = None
+        parser = self.resp_parser
+        reusable = (up is not None and self.body_complete and parser is not None
+                    and parser.should_keep_alive() and up.usable())
+        if up is not None and self.pool is not None:
+            if reusable:
+                self.pool.release(up, now)
+            else:
+                up.exchange = None
+                up.close()
+        if self.backend is not None:
+            node.upstream_finished(self.backend, now - self.attempt_start,
+                                   "5xx" if self.resp_status >= 500 else "ok")
+        if self.resp_out_chunked:
+            self.down.write(b"0\r\n\r\n")
+        self.down.response_finished(self, close=self.resp_close_after or not self.body_complete)
+
+    # ------------------------------------------------------------------
+    # Upgrade: a 101 from the backend turns both connections into a byte tunnel
+    # ------------------------------------------------------------------
+    def _start_tunnel(self) -> None:
+        if self.resp_status != 101 or not self.want_upgrade:
+            self._bad_response("unexpected 101")
+            return
+        ctx = self.ctx
+        assert ctx is not None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        ctx.status = 101
+        head = [b"HTTP/1.1 101 " + (self.resp_reason or b"Switching Protocols") + b"\r\n"]
+        for name, value in self.resp_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(b"X-Request-Id: " + ctx.request_id.encode() + b"\r\n\r\n")
+        self.down.write(b"".join(head))
+        self.resp_head_sent = True
+        self.state = TUNNEL
+        if self.resp_raw_left:
+            self.down.write(self.resp_raw_left)
+        self.down.enter_tunnel(self)
+
+    def tunnel_client_data(self, data: bytes) -> None:
+        up = self.up
+        if up is not None and up.transport is not None:
+            ctx = self.ctx
+            if ctx is not None:
+                ctx.bytes_in += len(data)
+            up.transport.write(data)
+
+    def close_tunnel(self) -> None:
+        if self.up is not None:
+            self.up.close()
+            self.up = None
+
+    # ------------------------------------------------------------------
+    def _abort_both(self, reason: str) -> None:
+        """A failure after the response head went out: nothing to say but close."""
+        if self.state == DONE:
+            return
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.error = reason
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.exchange = None
+            up.close()
+        self.state = DONE
+        self.down.response_finished(self, close=True, aborted=True)
+
+    def cancel(self) -> None:
+        """The client went away: drop the upstream side (never reuse a half-used conn)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.exchange = None
+            up.close()
+        if self.backend is not None and self.state not in (DONE, TUNNEL):
+            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, "cancelled")
+        self.state = DONE
+
+    def error_bytes(self, status: int, reason: str, close: bool) -> bytes:
+        ctx = self.ctx
+        rid = ctx.request_id if ctx is not None else self.node.next_request_id()
+        return error_response(status, reason, rid, close=close, head_only=self.method == "HEAD")
+
+    def continue_100(self) -> None:
+        self.down.write(CONTINUE_100)
+
+
+IDEMPOTENT_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})

@@ -1,0 +1,356 @@
+"""The data plane of one worker process: listeners, the current snapshot,
+upstream pools, and the per-request phases in order.
+
+Process-lifetime state lives here, keyed by stable ids so it survives a
+reload; everything config-derived is in `self.snapshot`, swapped whole.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+import os
+import socket
+import ssl
+import time
+from typing import Any, Callable
+
+from .config import Config, ListenerConfig, parse_hostport
+from .context import RequestContext
+from .downstream import Downstream, Reject
+from .exchange import DONE, Exchange
+from .http11 import IDEMPOTENT, split_host
+from .request import build_upstream_head, check_head, client_from_xff
+from .selection import Selector
+from .snapshot import Backend, Snapshot, compile_snapshot
+from .upstream import BackendPool
+
+log = logging.getLogger("novaedge.node")
+
+
+class Listener:
+    def __init__(self, cfg: ListenerConfig) -> None:
+        self.cfg = cfg
+        self.host, self.port = parse_hostport(cfg.bind)
+        self.name = cfg.name or cfg.bind
+        self.proxy_protocol = cfg.proxy_protocol
+        self._pp_nets = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.proxy_protocol_from)
+        self.scheme = b"https" if cfg.tls else b"http"
+        self.server: asyncio.AbstractServer | None = None
+
+    def proxy_from(self, ip: str) -> bool:
+        try:
+            a = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(a in n for n in self._pp_nets if n.version == a.version)
+
+
+def make_listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """Several certificates, chosen by SNI; the first one is the default."""
+    if not listener.tls:
+        return None
+    contexts: dict[str, ssl.SSLContext] = {}
+    default: ssl.SSLContext | None = None
+    for cert in listener.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert.cert, cert.key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        if default is None:
+            default = ctx
+        for name in cert.server_names:
+            contexts[name.lower()] = ctx
+    assert default is not None
+
+    def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if name:
+            chosen = contexts.get(name.lower())
+            if chosen is None and "." in name:
+                chosen = contexts.get("*." + name.split(".", 1)[1].lower())
+            if chosen is not None:
+                sslobj.context = chosen
+
+    default.sni_callback = pick  # type: ignore[assignment]
+    return default
+
+
+class Node:
+    def __init__(self, config: Config, *, worker_id: int = 0, reuse_port: bool = False,
+                 hooks: "NodeHooks | None" = None) -> None:
+        self.loop = asyncio.get_event_loop()
+        self.worker_id = worker_id
+        self.reuse_port = reuse_port
+        self.snapshot: Snapshot = compile_snapshot(config, 1)
+        self.listeners: list[Listener] = []
+        self.connections: set[Downstream] = set()
+        self.pools: dict[str, BackendPool] = {}
+        self.selector = Selector(self)
+        self.draining = False
+        self.hooks = hooks or NodeHooks()
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}{worker_id:x}-"
+        self.via_header = b"Via: 1.1 novaedge\r\n"
+        self.now: Callable[[], float] = time.monotonic
+        self._sweeper: asyncio.Task[None] | None = None
+        self.stats = {"requests": 0, "connections": 0, "errors": 0}
+        self.geo: Any = None
+
+    # ------------------------------------------------------------------
+    # lifecycle
+    # ------------------------------------------------------------------
+    async def start(self) -> None:
+        for lc in self.snapshot.config.listeners:
+            li = Listener(lc)
+            sock = make_listen_socket(li.host, li.port, self.reuse_port)
+            li.server = await self.loop.create_server(
+                lambda li=li: Downstream(self, li), sock=sock, ssl=tls_context(lc),
+                ssl_handshake_timeout=self.snapshot.config.limits.header_timeout_s if lc.tls else None,
+                backlog=4096)
+            if li.port == 0:
+                li.port = sock.getsockname()[1]
+            self.listeners.append(li)
+        self._sweeper = self.loop.create_task(self._sweep_forever())
+
+    def apply_config(self, config: Config) -> None:
+        """Swap the snapshot whole. Listeners are fixed for the process's life."""
+        snap = compile_snapshot(config, self.snapshot.version + 1)
+        up = config.upstream
+        for pool in self.pools.values():
+            pool.configure(up.max_connections_per_backend, up.max_idle_per_backend, up.idle_timeout_s)
+        for bid in [b for b in self.pools if b not in snap.backends]:
+            self.pools.pop(bid).close_all()
+        self.snapshot = snap
+        self.selector.reconfigured()
+        self.hooks.reconfigured(self, snap)
+
+    async def drain(self, deadline_s: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish, close the rest."""
+        self.draining = True
+        for li in self.listeners:
+            if li.server is not None:
+                li.server.close()
+        for c in list(self.connections):
+            c.close_if_idle()
+        limit = self.snapshot.config.limits.drain_timeout_s if deadline_s is None else deadline_s
+        end = time.monotonic() + limit
+        while self.connections and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+            for c in list(self.connections):
+                c.close_if_idle()
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.abort()
+        for pool in self.pools.values():
+            pool.close_all()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    async def _sweep_forever(self) -> None:
+        # One timer for every connection: cheaper than a TimerHandle per request.
+        while True:
+            await asyncio.sleep(0.25)
+            now = self.now()
+            limits = self.snapshot.config.limits
+            for c in list(self.connections):
+                c.sweep(now, limits)
+            for pool in self.pools.values():
+                pool.sweep(now)
+            self.hooks.tick(self, now)
+
+    # ------------------------------------------------------------------
+    # admit (per connection)
+    # ------------------------------------------------------------------
+    def connection_opened(self, conn: Downstream) -> bool:
+        if self.draining or len(self.connections) >= self.snapshot.config.limits.max_connections:
+            return False
+        self.connections.add(conn)
+        self.stats["connections"] += 1
+        return True
+
+    def connection_admitted(self, conn: Downstream) -> bool:
+        return self.hooks.admit_connection(self, conn)
+
+    def connection_closed(self, conn: Downstream) -> None:
+        self.connections.discard(conn)
+
+    def geo_lookup(self, ip: str) -> Any:
+        return self.hooks.geo_lookup(ip)
+
+    # ------------------------------------------------------------------
+    # parse + identify
+    # ------------------------------------------------------------------
+    def next_request_id(self) -> str:
+        return self._id_prefix + format(next(self._ids), "x")
+
+    def head_complete(self, down: Downstream, ex: Exchange) -> None:
+        parser = down.parser
+        assert parser is not None
+        target, host = check_head(ex, parser.should_upgrade())
+        client_ip = down.client_ip
+        geo = down.geo
+        if down.trusted_peer:
+            xff_client = client_from_xff(ex, client_ip, self.snapshot.is_trusted_proxy)
+            if xff_client != client_ip:
+                client_ip = xff_client
+                geo = self.geo_lookup(client_ip)
+        rid = self.next_request_id()
+        path, _, query = target.partition(b"?")
+        hosts = split_host(host) if host else ""
+        ctx = RequestContext(rid, self.now(), ex.method, hosts, path.decode("latin-1"),
+                             query.decode("latin-1"), ex.version, client_ip, down.client_port,
+                             geo, [(ln, v) for ln, _n, v in ex.headers], down.listener.name)
+        ex.ctx = ctx
+        ex.req_head = build_upstream_head(
+            ex, target, host, client_ip, down.trusted_peer, down.client_ip,
+            down.listener.scheme, b"1.1 novaedge", rid.encode(),
+            self.hooks.strip_request_headers, self.hooks.forward_headers(self, ctx))
+
+    def bare_context(self, down: Downstream, ex: Exchange) -> RequestContext:
+        """A context for a request that failed before its head was understood."""
+        return RequestContext(self.next_request_id(), self.now(), ex.method or "-", "",
+                              b"".join(ex.url)[:200].decode("latin-1"), "", ex.version,
+                              down.client_ip or down.peer_ip, down.client_port, down.geo, [],
+                              down.listener.name)
+
+    # ------------------------------------------------------------------
+    # protect -> route -> forward
+    # ------------------------------------------------------------------
+    def dispatch(self, down: Downstream, ex: Exchange) -> None:
+        ctx = ex.ctx
+        assert ctx is not None
+        verdict = self.hooks.protect(self, down, ctx)
+        if verdict is not None:
+            status, reason, headers = verdict
+            self._answer(down, ex, status, reason, headers)
+            return
+        geo = ctx.geo
+        route = self.snapshot.router.match(
+            ctx.host, ctx.path, ctx.method,
+            getattr(geo, "country", None), getattr(geo, "continent", None))
+        if route is None:
+            self._answer(down, ex, 404, "no route for this host and path")
+            return
+        ctx.route = route
+        ctx.is_write = route.write if route.write is not None else ctx.method not in IDEMPOTENT
+        verdict = self.hooks.route_check(self, down, ctx)
+        if verdict is not None:
+            status, reason, headers = verdict
+            self._answer(down, ex, status, reason, headers)
+            return
+        ex.max_body = route.max_body
+        if ex.declared_len > route.max_body:
+            self._answer(down, ex, 413, f"request body over {route.max_body} bytes")
+            return
+        if ex.expect is not None and (ex.declared_len > 0 or ex.chunked):
+            ex.continue_100()
+        ex.start()
+
+    def _answer(self, down: Downstream, ex: Exchange, status: int, reason: str,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        ctx = ex.ctx
+        assert ctx is not None
+        close = not ex.body_complete or not ex.keep_alive
+        ctx.status = status
+        ctx.error = reason
+        body = ex.error_bytes(status, reason, close=close)
+        if headers:
+            head, sep, rest = body.partition(b"\r\n\r\n")
+            body = head + b"\r\n" + b"\r\n".join(n + b": " + v for n, v in headers) + sep + rest
+        down.write(body)
+        ex.state = DONE
+        down.response_finished(ex, close=close)
+
+    def choose_backend(self, ctx: RequestContext, exclude: set[str]) -> Backend | tuple[int, str]:
+        return self.selector.pick(ctx, exclude)
+
+    def pool_for(self, backend: Backend) -> BackendPool:
+        pool = self.pools.get(backend.id)
+        if pool is None:
+            up = self.snapshot.config.upstream
+            pool = BackendPool(backend.id, backend.host, backend.port,
+                               up.max_connections_per_backend, up.max_idle_per_backend,
+                               up.idle_timeout_s)
+            self.pools[backend.id] = pool
+        return pool
+
+    def upstream_started(self, backend: Backend) -> None:
+        self.selector.on_start(backend)
+
+    def upstream_finished(self, backend: Backend, latency: float, outcome: str) -> None:
+        self.selector.on_done(backend, latency, outcome)
+
+    def explain_wanted(self, ex: Exchange) -> bool:
+        if self.snapshot.config.debug_headers:
+            return True
+        ctx = ex.ctx
+        return (ctx is not None and ex.down.trusted_peer
+                and ctx.header(b"x-novaedge-debug") is not None)
+
+    def explain(self, ctx: RequestContext) -> str:
+        return self.selector.explain(ctx)
+
+    # ------------------------------------------------------------------
+    # log
+    # ------------------------------------------------------------------
+    def finish(self, ctx: RequestContext) -> None:
+        ctx.end = self.now()
+        self.stats["requests"] += 1
+        if ctx.status >= 500 or ctx.status == 0:
+            self.stats["errors"] += 1
+        self.hooks.finished(self, ctx)
+
+    def log_internal_error(self, exc: BaseException) -> None:
+        log.error("internal error in request handling", exc_info=exc)
+
+
+class NodeHooks:
+    """Where the optional phases plug in (GeoIP, protection, metrics, logs).
+
+    The defaults do nothing; `proxy.features` installs the real ones. Each hook
+    is synchronous: it runs on the hot path.
+    """
+
+    strip_request_headers: frozenset[bytes] = frozenset()
+
+    def admit_connection(self, node: Node, conn: Downstream) -> bool:
+        return True
+
+    def geo_lookup(self, ip: str) -> Any:
+        return None
+
+    def protect(self, node: Node, conn: Downstream,
+                ctx: RequestContext) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        return None
+
+    def route_check(self, node: Node, conn: Downstream,
+                    ctx: RequestContext) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        return None
+
+    def forward_headers(self, node: Node, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+        return []
+
+    def finished(self, node: Node, ctx: RequestContext) -> None:
+        pass
+
+    def tick(self, node: Node, now: float) -> None:
+        pass
+
+    def reconfigured(self, node: Node, snapshot: Snapshot) -> None:
+        pass
+
+
+__all__ = ["Node", "NodeHooks", "Listener", "Reject"]

@@ -1,0 +1,146 @@
+"""Parse + identify: turn a parsed request head into a RequestContext and the
+exact bytes of the head we send upstream. Pure functions of their inputs.
+
+Contract: `check_head` raises Reject for anything a smuggling attack or a
+confused backend could use; `build_upstream_head` re-frames the request
+(Content-Length or chunked, never both), strips hop-by-hop fields (including
+each field named in Connection) and sets the forwarding fields itself.
+"""
+from __future__ import annotations
+
+import httptools
+
+from .downstream import Reject
+from .exchange import Exchange
+from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, split_host, valid_host
+
+
+def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
+    """Validate the head. Returns (origin-form target, host header value)."""
+    if ex.version not in ("1.1", "1.0"):
+        raise Reject(505, f"HTTP/{ex.version} is not supported")
+    if ex.method == "CONNECT":
+        raise Reject(405, "CONNECT is not supported by a reverse proxy")
+    url = b"".join(ex.url)
+    if b"#" in url:
+        raise Reject(400, "fragment in request target")
+    authority: bytes | None = None
+    if url[:1] == b"/":
+        target = url
+    elif url == b"*":
+        if ex.method != "OPTIONS":
+            raise Reject(400, "asterisk-form is only for OPTIONS")
+        target = url
+    else:
+        # absolute-form (RFC 9112 3.2.2): its authority wins over Host.
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise Reject(400, "invalid request target") from None
+        if parsed.schema not in (b"http", b"https") or not parsed.host:
+            raise Reject(400, "invalid request target")
+        authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+    if ex.host_count > 1:
+        raise Reject(400, "multiple Host header fields")
+    if ex.host_count == 0 and ex.version == "1.1":
+        raise Reject(400, "missing Host header field")
+    host = authority if authority is not None else (ex.host_value or b"")
+    if ex.host_value is not None and not valid_host(ex.host_value):
+        raise Reject(400, "invalid Host header field")
+    if authority is not None and not valid_host(authority):
+        raise Reject(400, "invalid request target authority")
+    if ex.te_value is not None:
+        if ex.version == "1.0":
+            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        ex.chunked = True   # llhttp accepts only a final "chunked"
+    if ex.expect is not None and ex.expect != b"100-continue":
+        raise Reject(417, "unsupported expectation")
+    cl = -1
+    if ex.has_cl:
+        for ln, _n, v in ex.headers:
+            if ln == b"content-length":
+                cl = int(v)   # llhttp checked digits-only and a single field
+    ex.declared_len = cl
+    if ex.upgrade is not None and b"upgrade" in ex.conn_tokens and ex.version == "1.1":
+        protocols = [p.strip() for p in ex.upgrade.split(b",") if p.strip()]
+        protocols = [p for p in protocols if p.lower() != b"h2c"]   # never forward h2c
+        if protocols:
+            ex.want_upgrade = True
+            ex.upgrade = b", ".join(protocols)
+    if upgrade_flagged and (cl > 0 or ex.chunked):
+        # llhttp hands us the bytes after an Upgrade head unparsed; a body there
+        # could hide a second request. Nothing legitimate needs it.
+        raise Reject(400, "Upgrade request with a body")
+    return target, host
+
+
+def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str,
+                        trusted_peer: bool, peer_ip: str, scheme: bytes, via: bytes,
+                        request_id: bytes, strip: frozenset[bytes],
+                        extra: list[tuple[bytes, bytes]]) -> bytes:
+    out = [ex.method.encode() + b" " + target + b" HTTP/1.1\r\n"]
+    drop = ex.conn_tokens
+    xff_prior: list[bytes] = []
+    via_prior: bytes | None = None
+    for ln, name, value in ex.headers:
+        if ln in HOP_BY_HOP or ln in drop or ln in NODE_SET_REQUEST or ln in strip:
+            continue
+        if ln == b"content-length":
+            continue
+        if ln == b"x-forwarded-for":
+            if trusted_peer:
+                xff_prior.append(value)
+            continue
+        if ln == b"via":
+            via_prior = value if via_prior is None else via_prior + b", " + value
+            continue
+        if ln == b"host":
+            out.append(b"Host: " + host + b"\r\n")
+            continue
+        if ln == b"expect":
+            continue   # we answer 100-continue ourselves
+        out.append(name + b": " + value + b"\r\n")
+    if ex.host_count == 0 and host:
+        out.append(b"Host: " + host + b"\r\n")
+    xff = b", ".join(xff_prior + [peer_ip.encode()])
+    out.append(b"X-Forwarded-For: " + xff + b"\r\n")
+    out.append(b"X-Forwarded-Proto: " + scheme + b"\r\n")
+    if host:
+        out.append(b"X-Forwarded-Host: " + host + b"\r\n")
+    out.append(b"X-Real-IP: " + client_ip.encode() + b"\r\n")
+    out.append(b"Via: " + (via_prior + b", " if via_prior else b"") + via + b"\r\n")
+    out.append(b"X-Request-Id: " + request_id + b"\r\n")
+    for name, value in extra:
+        out.append(name + b": " + value + b"\r\n")
+    if ex.chunked:
+        ex.body_chunked_out = True
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    elif ex.declared_len >= 0:
+        out.append(b"Content-Length: %d\r\n" % ex.declared_len)
+    elif ex.method in ("POST", "PUT", "PATCH"):
+        out.append(b"Content-Length: 0\r\n")
+    if ex.want_upgrade and ex.upgrade is not None:
+        out.append(b"Connection: upgrade\r\nUpgrade: " + ex.upgrade + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def client_from_xff(ex: Exchange, peer_ip: str, is_trusted: "object") -> str:
+    """The rightmost address in X-Forwarded-For that is not a trusted proxy."""
+    chain: list[str] = []
+    for ln, _n, v in ex.headers:
+        if ln == b"x-forwarded-for":
+            chain.extend(p.strip() for p in v.decode("latin-1").split(","))
+    client = peer_ip
+    check = is_trusted  # callable(ip) -> bool
+    for addr in reversed(chain):
+        if not addr:
+            break
+        client = addr
+        if not check(addr):  # type: ignore[operator]
+            break
+    return client
+
+
+__all__ = ["check_head", "build_upstream_head", "client_from_xff", "split_host"]
