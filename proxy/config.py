@@ -41,7 +41,7 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
         if default_port is None:
             raise ValueError(f"missing port in {value!r} (expected host:port)")
         return host, default_port
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    if not port_s.isdigit() or not 0 <= int(port_s) < 65536:   # 0: any free port
         raise ValueError(f"bad port in {value!r}")
     if not host:
         raise ValueError(f"missing host in {value!r}")
