@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -173,6 +173,52 @@ class RouteConfig(Frozen):
     retry_non_idempotent: bool = False                # only with an Idempotency-Key header
 
 
+class GeoHeaders(Frozen):
+    """Headers sent to the backend; a client's own copies are removed first."""
+    country: str | None = "X-Client-Country"
+    continent: str | None = "X-Client-Continent"
+    region: str | None = "X-Edge-Region"      # the region of the edge that took the request
+    asn: str | None = "X-Client-ASN"
+
+
+class GeoIPConfig(Frozen):
+    city: str | None = None                   # City or Country database (.mmdb)
+    asn: str | None = None
+    anonymous: str | None = None
+    cache_size: int = Field(65536, ge=0)
+    reload_interval_s: float = Field(1.0, gt=0)
+    headers: GeoHeaders = GeoHeaders()
+    unknown_country: str | None = None        # what unknown clients count as; None: unknown
+    deny_countries: list[str] = []
+    deny_status: Literal[403, 451] = 451
+
+    @field_validator("city", "asn", "anonymous")
+    @classmethod
+    def _exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"no such database file: {v!r}")
+        return v
+
+    @field_validator("deny_countries")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        return [c.upper() for c in v]
+
+
+class Jurisdiction(Frozen):
+    """Data residency: clients from these countries are served only in these regions."""
+    countries: list[str]
+    regions: list[str]
+
+    @field_validator("countries")
+    @classmethod
+    def _cc(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if len(c) != 2 or not c.isalpha():
+                raise ValueError(f"not an ISO 3166 alpha-2 country code: {c!r}")
+        return [c.upper() for c in v]
+
+
 class Config(Frozen):
     node: NodeConfig = NodeConfig()
     workers: int | Literal["auto"] = 1
@@ -183,6 +229,8 @@ class Config(Frozen):
     pools: dict[str, PoolConfig] = {}
     routes: list[RouteConfig] = []
     debug_headers: bool = False                       # X-NovaEdge-Decision on every response
+    geoip: GeoIPConfig = GeoIPConfig()
+    jurisdictions: dict[str, Jurisdiction] = {}
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -196,38 +244,63 @@ class Config(Frozen):
             raise ValueError("must be between 1 and 256, or 'auto'")
         return v
 
-    @model_validator(mode="after")
-    def _cross_refs(self) -> "Config":
-        catalogue = region_catalogue()
-        errors: list[str] = []
-        if self.node.region not in catalogue:
-            errors.append(f"node.region: unknown region {self.node.region!r} "
-                          f"(known: {', '.join(catalogue)})")
-        for pname, pool in self.pools.items():
-            for rname in pool.regions:
-                if rname not in catalogue:
-                    errors.append(f"pools.{pname}.regions.{rname}: unknown region {rname!r}")
-        names: set[str] = set()
-        for i, r in enumerate(self.routes):
-            if r.name in names:
-                errors.append(f"routes[{i}].name: duplicate route name {r.name!r}")
-            names.add(r.name)
-            if r.pool not in self.pools:
-                errors.append(f"routes[{i}].pool: no pool named {r.pool!r} "
-                              f"(pools: {', '.join(self.pools) or 'none'})")
-                continue
-            for j, reg in enumerate(r.regions):
-                if reg not in self.pools[r.pool].regions:
-                    errors.append(f"routes[{i}].regions[{j}]: pool {r.pool!r} has no region {reg!r}")
-        binds = [parse_hostport(li.bind) for li in self.listeners]
-        if len(set(binds)) != len(binds):
-            errors.append("listeners: two listeners bind the same address")
-        if errors:
-            raise ValueError("\n".join(errors))
-        return self
-
     def worker_count(self) -> int:
         return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+
+
+def _cross_refs(data: dict[str, Any]) -> list[str]:
+    """Checks between sections, on the raw data so they run even when some
+    fields are invalid: one `check` run reports every problem."""
+    def d(v: Any) -> dict[str, Any]:
+        return v if isinstance(v, dict) else {}
+
+    def lst(v: Any) -> list[Any]:
+        return v if isinstance(v, list) else []
+
+    catalogue = region_catalogue()
+    errors: list[str] = []
+    region = d(data.get("node")).get("region", "us-east-1")
+    if region not in catalogue:
+        errors.append(f"node.region: unknown region {region!r} (known: {', '.join(catalogue)})")
+    pools = d(data.get("pools"))
+    for pname, pool in pools.items():
+        for rname in d(d(pool).get("regions")):
+            if rname not in catalogue:
+                errors.append(f"pools.{pname}.regions.{rname}: unknown region {rname!r}")
+    names: set[str] = set()
+    for i, r in enumerate(lst(data.get("routes"))):
+        r = d(r)
+        name = r.get("name")
+        if name in names:
+            errors.append(f"routes[{i}].name: duplicate route name {name!r}")
+        names.add(name)  # type: ignore[arg-type]
+        pool = r.get("pool")
+        if pool is None:
+            continue
+        if pool not in pools:
+            errors.append(f"routes[{i}].pool: no pool named {pool!r} "
+                          f"(pools: {', '.join(pools) or 'none'})")
+            continue
+        pool_regions = d(d(pools[pool]).get("regions"))
+        for j, reg in enumerate(lst(r.get("regions"))):
+            if reg not in pool_regions:
+                errors.append(f"routes[{i}].regions[{j}]: pool {pool!r} has no region {reg!r}")
+    seen: dict[str, str] = {}
+    for jname, j in d(data.get("jurisdictions")).items():
+        for k, reg in enumerate(lst(d(j).get("regions"))):
+            if reg not in catalogue:
+                errors.append(f"jurisdictions.{jname}.regions[{k}]: unknown region {reg!r}")
+        for k, cc in enumerate(lst(d(j).get("countries"))):
+            cc = str(cc).upper()
+            if cc in seen:
+                errors.append(f"jurisdictions.{jname}.countries[{k}]: {cc} is already "
+                              f"in jurisdiction {seen[cc]!r}")
+            seen[cc] = jname
+    binds = [d(li).get("bind") for li in lst(data.get("listeners"))]
+    binds = [b for b in binds if isinstance(b, str)]
+    if len(set(binds)) != len(binds):
+        errors.append("listeners: two listeners bind the same address")
+    return errors
 
 
 class ConfigError(Exception):
@@ -262,7 +335,8 @@ def _format(err: ValidationError) -> list[str]:
             problems.append(msg)
             continue
         value = e.get("input")
-        shown = "" if e["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
+        shown = "" if e["type"] == "missing" or isinstance(value, (dict, list)) \
+            or repr(value) in msg else f" (got {value!r})"
         problems.append(f"{loc}: {msg}{shown}")
     return problems
 
@@ -272,10 +346,16 @@ def parse_config(data: Any) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"])
+    problems: list[str] = []
+    config: Config | None = None
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format(e)) from None
+        problems = _format(e)
+    problems += _cross_refs(data)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

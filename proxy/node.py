@@ -124,6 +124,7 @@ class Node:
                 li.port = sock.getsockname()[1]
             self.listeners.append(li)
         self._sweeper = self.loop.create_task(self._sweep_forever())
+        self.hooks.started(self)
 
     def apply_config(self, config: Config) -> None:
         """Swap the snapshot whole. Listeners are fixed for the process's life."""
@@ -158,6 +159,7 @@ class Node:
             pool.close_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.hooks.stopped(self)
 
     async def _sweep_forever(self) -> None:
         # One timer for every connection: cheaper than a TimerHandle per request.
@@ -351,6 +353,16 @@ class NodeHooks:
 
     def reconfigured(self, node: Node, snapshot: Snapshot) -> None:
         pass
+
+    def started(self, node: Node) -> None:
+        pass
+
+    def stopped(self, node: Node) -> None:
+        pass
+
+    def allowed_regions(self, ctx: RequestContext) -> tuple[str, frozenset[str]] | None:
+        """Data residency: (jurisdiction, regions) the client may be served in."""
+        return None
 
 
 __all__ = ["Node", "NodeHooks", "Listener", "Reject"]

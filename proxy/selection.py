@@ -40,7 +40,11 @@ class Selector:
         route = ctx.route
         pool = snap.pool_regions.get(route.pool, {})
         now = time.monotonic()
-        for region in self._region_order(ctx):
+        residency = self.node.hooks.allowed_regions(ctx)
+        regions = self._region_order(ctx)
+        if residency is not None:
+            regions = [r for r in regions if r in residency[1]]
+        for region in regions:
             backends = [b for b in pool.get(region, ()) if b.id not in exclude
                         and self.down_until.get(b.id, 0.0) <= now and b.weight > 0]
             if not backends:
@@ -49,6 +53,8 @@ class Selector:
             i = self.rr.get(k, 0)
             self.rr[k] = i + 1
             return backends[i % len(backends)]
+        if residency is not None:
+            return (503, f"no healthy region within jurisdiction {residency[0]}")
         return (503, "no backend available") if not exclude else (502, "all backends failed")
 
     def on_start(self, backend: "Backend") -> None:

@@ -1,10 +1,11 @@
-import asyncio
+from __future__ import annotations
 
-import pytest
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import uvloop
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    # The node runs on uvloop in production; the tests use the same loop.
-    return uvloop.EventLoopPolicy()
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Callable[[], Any]]:
+    # The node runs on uvloop in production; the tests run on the same loop.
+    return {"uvloop": uvloop.new_event_loop}
