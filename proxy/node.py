@@ -360,6 +360,13 @@ class NodeHooks:
     def stopped(self, node: Node) -> None:
         pass
 
+    def control_message(self, node: Node, msg: dict[str, Any]) -> None:
+        """What the control plane publishes besides config and drain."""
+
+    def drain_report(self, node: Node) -> dict[str, Any]:
+        """Per-second report to the control plane (metric deltas and the like)."""
+        return {}
+
     def allowed_regions(self, ctx: RequestContext) -> tuple[str, frozenset[str]] | None:
         """Data residency: (jurisdiction, regions) the client may be served in."""
         return None
