@@ -216,3 +216,4 @@ def run(config: Config, config_path: str | None = None,
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("mmdb_writer").setLevel(logging.WARNING)   # one line per network otherwise
