@@ -1,0 +1,186 @@
+"""Streaming 3-sigma detector of request rates, per key and per node.
+
+Pure core, no clock of its own: the engine counts requests into the
+current-second dicts (a dict increment, ~40 ns) and calls `tick(now)` about
+once a second; the tick turns counts into rates, tests them against each
+key's EWMA baseline, then folds them in.
+
+Per key: EWMA mean m and variance v (West's incremental form):
+    d = x - m;  m += a*d;  v = (1 - a) * (v + a*d*d)
+A rate x is anomalous when the key is warm (>= warmup_s samples), x is at
+least the volume floor, and x > m + k * max(sqrt(v), sqrt(m), 1).
+The sqrt(m) term is the Poisson noise of a count with mean m: without it a
+perfectly paced client has sigma ~ 0 and trips on its first jitter. An
+anomalous sample is folded in with a/10 so that an attack does not become
+the baseline within seconds, while a lasting legitimate shift still does.
+
+Keys quiet for a while are not updated every tick: when a key reappears,
+the zero-rate seconds it missed are applied then (at most 64 of them, after
+which its mean is < 0.12% of what it was at alpha 0.1). So a tick costs
+O(keys seen that second), not O(keys tracked).
+
+Multi-worker: each worker runs its own detector over the requests it sees.
+The test is scale-free (a key's mean and sigma both scale with the worker's
+share of its traffic, and SO_REUSEPORT spreads a many-connection client
+evenly; a one-connection client lands in one worker, which then sees all of
+it), so only the volume floors are divided by the number of workers. This
+keeps the request path free of shared-memory locks (~0.3 us a key).
+
+Bounded: at most `max_keys` keys per kind are tracked, and at most that many
+new keys are counted per second; beyond that, new keys are dropped (counted
+in `dropped`), never tracked keys evicted for them, so a flood of spoofed
+addresses cannot push out the baselines of real heavy clients. Keys idle for
+`stale_ticks` are swept when the table is full.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from proxy.protect.config import DetectorConfig
+
+_LEARN_DURING_ANOMALY = 0.1     # fraction of alpha
+_MAX_CATCHUP = 64
+
+
+class Anomaly(NamedTuple):
+    kind: str           # "ip" | "prefix" | "country" | "route" | "global"
+    key: str
+    rate: float         # req/s observed by this worker in the last tick
+    mean: float
+    sigma: float
+    threshold: float
+
+
+class KeyStats:
+    __slots__ = ("mean", "var", "n", "streak", "last")
+
+    def __init__(self, tick: int) -> None:
+        self.mean = 0.0
+        self.var = 0.0
+        self.n = 0          # samples folded in, including missed zero seconds
+        self.streak = 0     # consecutive anomalous samples
+        self.last = tick    # tick number of the last sample
+
+
+class Detector:
+    def __init__(self, cfg: DetectorConfig, workers: int = 1, stale_ticks: int = 120) -> None:
+        self.cfg = cfg
+        self.kinds: tuple[str, ...] = tuple(dict.fromkeys(cfg.keys))
+        self.k = cfg.k
+        self.alpha = cfg.alpha
+        self.warmup = cfg.warmup_s
+        self.confirm = cfg.confirm_s
+        self.floor = cfg.min_rate / workers
+        self.max_keys = cfg.max_keys
+        self.stale = stale_ticks
+        g = cfg.global_
+        self.global_on = g.enabled
+        self.gk = g.k
+        self.gfloor = g.min_rate / workers
+        # Per-second counts, written on the request path (the engine holds
+        # direct references; `tick` swaps in fresh dicts via `_reset`).
+        self.cur: dict[str, dict[str, int]] = {kd: {} for kd in self.kinds}
+        self.total = 0
+        self.stats: dict[str, dict[str, KeyStats]] = {kd: {} for kd in self.kinds}
+        self.gstats = KeyStats(0)
+        self.ticks = 0
+        self.last_tick: float | None = None
+        self.dropped = 0
+
+    def observe(self, kind: str, key: str) -> None:
+        """Count one request for a key (the engine inlines this)."""
+        cur = self.cur[kind]
+        c = cur.get(key)
+        if c is not None:
+            cur[key] = c + 1
+        elif len(cur) < self.max_keys:
+            cur[key] = 1
+        else:
+            self.dropped += 1
+
+    def tick(self, now: float) -> tuple[list[Anomaly], Anomaly | None]:
+        """Close the current period. Returns (per-key anomalies, global anomaly)."""
+        if self.last_tick is None or now <= self.last_tick:
+            if self.last_tick is None:
+                self.last_tick = now
+                self._reset()
+            return [], None
+        scale = 1.0 / (now - self.last_tick)
+        self.last_tick = now
+        self.ticks += 1
+        tick = self.ticks
+        out: list[Anomaly] = []
+        counts = self.cur
+        total = self.total
+        self._reset()
+        for kind in self.kinds:
+            st = self.stats[kind]
+            swept = False
+            for key, c in counts[kind].items():
+                s = st.get(key)
+                if s is None:
+                    if len(st) >= self.max_keys:
+                        if not swept:
+                            self._sweep(st, tick)
+                            swept = True
+                        if len(st) >= self.max_keys:
+                            self.dropped += 1
+                            continue
+                    s = st[key] = KeyStats(tick - 1)
+                a = self._sample(s, c * scale, tick, self.k, self.floor)
+                if a is not None:
+                    out.append(Anomaly(kind, key, *a))
+        g = None
+        if self.global_on:
+            a = self._sample(self.gstats, total * scale, tick, self.gk, self.gfloor)
+            if a is not None:
+                g = Anomaly("global", "node", *a)
+        return out, g
+
+    def _reset(self) -> None:
+        self.cur = {kd: {} for kd in self.kinds}
+        self.total = 0
+
+    def _sample(self, s: KeyStats, x: float, tick: int, k: float,
+                floor: float) -> tuple[float, float, float, float] | None:
+        alpha = self.alpha
+        gap = tick - s.last - 1
+        if gap > 0:                          # quiet seconds: rate 0 each
+            s.streak = 0
+            if s.n:
+                for _ in range(min(gap, _MAX_CATCHUP)):
+                    m = s.mean
+                    s.var = (1 - alpha) * (s.var + alpha * m * m)
+                    s.mean = m - alpha * m
+            s.n += gap
+        s.last = tick
+        m = s.mean
+        sigma = math.sqrt(s.var)
+        thr = m + k * max(sigma, math.sqrt(m), 1.0)
+        hit = None
+        if s.n >= self.warmup and x >= floor and x > thr:
+            s.streak += 1
+            if s.streak >= self.confirm:
+                hit = (x, m, sigma, thr)
+            alpha *= _LEARN_DURING_ANOMALY
+        else:
+            s.streak = 0
+        if s.n == 0:
+            s.mean = x
+        else:
+            d = x - m
+            s.mean = m + alpha * d
+            s.var = (1 - alpha) * (s.var + alpha * d * d)
+        s.n += 1
+        return hit
+
+    def _sweep(self, st: dict[str, KeyStats], tick: int) -> None:
+        stale = [key for key, s in st.items() if tick - s.last > self.stale]
+        for key in stale:
+            del st[key]
+
+    def baseline(self, kind: str, key: str) -> tuple[float, float] | None:
+        """(mean, sigma) of a tracked key, for the admin API and tests."""
+        s = self.gstats if kind == "global" else self.stats.get(kind, {}).get(key)
+        return None if s is None else (s.mean, math.sqrt(s.var))

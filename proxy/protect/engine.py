@@ -1,0 +1,447 @@
+"""The protect phase: ACLs, rate limits and 3-sigma mitigations, per request.
+
+Contract for the data plane (one `Protection` per worker process, kept
+across reloads):
+
+  supervisor, before fork:  shared = SharedState(table_size, workers)
+  each worker:              prot = Protection(shared); prot.apply_config(cfg, route_acls)
+  on reload:                prot.apply_config(new_cfg, new_route_acls)
+  on accept (after PROXY):  if not prot.permits_connection(listener, ip): close
+                            client = prot.client(ip, geo)       # keep on the connection
+  per request, after the route is matched, before any upstream work:
+                            rej = prot.check(ctx, time.monotonic(), client)
+                            if rej: answer rej.status, rej.headers, body rej.reason
+  once a second (timer):    prot.tick(time.monotonic())
+
+`check` never awaits and never raises for odd input (unparsable address:
+ACLs fail closed, rate limits key on the raw text). It appends verdicts to
+ctx.verdicts ("acl:route:deny", "ratelimit:per-ip:reject",
+"ratelimit:per-ip:shadow", "anomaly:block:ip", "anomaly:limit:prefix:shadow").
+
+Order inside check: listener ACL, route ACL (both memoized per
+connection), detector counting (offered load, so refused requests still
+count), active mitigations, then rate-limit rules in config order, shadow
+rules first. A request refused by a rule is refunded to the rules that
+charged it before, so refused requests use no quota.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import xxhash
+
+from proxy.protect.acl import Acl, compile_acl
+from proxy.protect.client import ClientState
+from proxy.protect.config import AclConfig, ProtectionConfig
+from proxy.protect.detector import Anomaly, Detector
+from proxy.protect.mitigation import Mitigation, MitigationBook, limit_burst
+from proxy.protect.ratelimit import GcraTable
+from proxy.protect.rules import (K_IP, K_PREFIX, K_ROUTE, Rule, compile_rule, limit_headers,
+                                 rule_seed)
+
+log = logging.getLogger("novaedge.protect")
+_xxh = xxhash.xxh3_64_intdigest
+_CLIENT_CACHE = 65_536          # ClientState cache for callers that pass none
+_LOG_BUDGET = 20                # request-level log lines per rule per second
+
+
+class SharedState:
+    """Node-wide state. Build it in the supervisor BEFORE forking workers:
+    the GCRA table's memory and locks are inherited by fork."""
+
+    def __init__(self, table_size: int = 1 << 20, workers: int = 1,
+                 shared: bool | None = None) -> None:
+        self.workers = max(1, workers)
+        self.table = GcraTable(table_size, shared=self.workers > 1 if shared is None else shared)
+        self.salt = int.from_bytes(os.urandom(8), "big")
+
+
+class Rejection:
+    __slots__ = ("status", "headers", "reason")
+
+    def __init__(self, status: int, reason: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status = status          # 403 (ACL) or 429 (rate limit, anomaly)
+        self.reason = reason          # short text for the body and the log
+        self.headers = headers or []  # extra response headers
+
+    def __repr__(self) -> str:
+        return f"Rejection({self.status}, {self.reason!r})"
+
+
+class _Fields:
+    """Log argument rendered as JSON only if the record is emitted."""
+    __slots__ = ("d",)
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.d = d
+
+    def __str__(self) -> str:
+        return json.dumps(self.d, default=str, separators=(",", ":"))
+
+
+class _Snapshot:
+    """Everything compiled from one ProtectionConfig (immutable once built)."""
+
+    def __init__(self, cfg: ProtectionConfig, route_acls: Mapping[str, AclConfig],
+                 salt: int) -> None:
+        self.cfg = cfg
+        self.default_acl = compile_acl(cfg.acl)
+        self.listener_acls: dict[str, Acl | None] = {
+            name: compile_acl(a) for name, a in cfg.listeners.items()}
+        self.route_acls: dict[str, Acl] = {}
+        for name, a in route_acls.items():
+            acl = compile_acl(a)
+            if acl is not None:
+                self.route_acls[name] = acl
+        rules = [compile_rule(r, salt) for r in cfg.rate_limits]
+        # Shadow rules first: they never refuse, so they see every request
+        # that reaches the rules, as they would if they were enforcing.
+        self.rules = tuple([r for r in rules if r.shadow] + [r for r in rules if not r.shadow])
+        # Rules that need no route run before routing; the rest once the
+        # route is known (see Protection.check / check_route).
+        self.pre_rules = tuple(r for r in self.rules if r.routes is None and r.kind != K_ROUTE)
+        self._by_route: dict[str, tuple[Rule, ...]] = {}
+
+    def route_rules(self, route: str) -> tuple[Rule, ...]:
+        rs = self._by_route.get(route)
+        if rs is None:
+            rs = tuple(r for r in self.rules if r not in self.pre_rules
+                       and (r.routes is None or route in r.routes))
+            if len(self._by_route) < 4096:       # route names come from config
+                self._by_route[route] = rs
+        return rs
+
+
+class Protection:
+    def __init__(self, shared: SharedState | None = None) -> None:
+        # Without a SharedState (single process, tests) the table is ours and
+        # is sized by the first config applied.
+        self._own_table = shared is None
+        self.shared = shared or SharedState(1024, workers=1)
+        self.table = self.shared.table
+        self.workers = self.shared.workers
+        self._snap = _Snapshot(ProtectionConfig(), {}, self.shared.salt)
+        self._det: Detector | None = None
+        self._book: MitigationBook | None = None
+        self._det_kinds: tuple[bool, bool, bool, bool] = (False, False, False, False)
+        self._counters: Counter[tuple[str, str]] = Counter()
+        self._clients: dict[str, ClientState] = {}
+        self._mit_rules: dict[str, Rule] = {}
+        self._log_budget: dict[str, int] = {}
+
+    # ---- control plane -------------------------------------------------
+
+    def apply_config(self, cfg: ProtectionConfig,
+                     route_acls: Mapping[str, AclConfig] | None = None) -> None:
+        """Swap in a new config. Buckets of unchanged rules, detector
+        baselines and active mitigations carry over."""
+        if self._own_table:
+            self._own_table = False
+            if cfg.table_size != self.table.slots:
+                self.shared.table = self.table = GcraTable(cfg.table_size)
+        elif cfg.table_size > self.table.slots:
+            log.warning("protection.table_size %d > allocated %d slots: needs a restart",
+                        cfg.table_size, self.table.slots)
+        snap = _Snapshot(cfg, route_acls or {}, self.shared.salt)
+        d = cfg.detector
+        if d.enabled:
+            det = Detector(d, self.workers)
+            old = self._det
+            if old is not None:                  # keep baselines of kinds still watched
+                for kind in det.kinds:
+                    if kind in old.stats:
+                        det.stats[kind] = old.stats[kind]
+                det.gstats, det.ticks, det.last_tick = old.gstats, old.ticks, old.last_tick
+            book = MitigationBook(d, self.workers)
+            if self._book is not None:
+                book.active, book.count = self._book.active, self._book.count
+            self._det_kinds = tuple(k in det.kinds for k in  # type: ignore[assignment]
+                                    ("ip", "prefix", "country", "route"))
+            self._det, self._book = det, book
+        else:
+            self._det, self._book = None, None
+        self._mit_rules = {}
+        self._snap = snap
+        self._clients.clear()
+        log.info("protection config applied %s", _Fields({
+            "rules": [r.name for r in snap.rules], "detector": d.enabled,
+            "acl": snap.default_acl is not None, "route_acls": len(snap.route_acls)}))
+
+    def permits_connection(self, listener: str, client_ip: str) -> bool:
+        """Listener ACL, for the data plane to close a connection at accept."""
+        snap = self._snap
+        acl = snap.listener_acls.get(listener, snap.default_acl)
+        if acl is None or acl.permits(client_ip):
+            return True
+        self._counters[("acl:listener", "deny")] += 1
+        self._log_req("acl:listener", "acl deny", {"ip": client_ip, "listener": listener})
+        return False
+
+    def client(self, client_ip: str, geo: Any = None) -> ClientState:
+        """Per-connection memo to pass to every `check` of the connection."""
+        return ClientState(client_ip, geo)
+
+    # ---- request path --------------------------------------------------
+
+    def check(self, ctx: Any, now: float, client: ClientState | None = None) -> Rejection | None:
+        """The whole phase. With ctx.route unset (protect before routing) it
+        does the route-independent part; then call `check_route` once the
+        route is known. With ctx.route set it does both parts."""
+        snap = self._snap
+        ip = ctx.client_ip
+        geo = ctx.geo
+        if client is None or client.ip != ip or (client.geo is not geo and client.geo != geo):
+            client = self._client_for(ip, geo)
+        acl = snap.listener_acls.get(ctx.listener, snap.default_acl) \
+            if snap.listener_acls else snap.default_acl
+        if acl is not None and not client.permits(acl):
+            return self._acl_deny(ctx, "listener")
+
+        det = self._det
+        if det is not None:
+            det.total += 1
+            cur = det.cur
+            cap = det.max_keys
+            d_ip, d_prefix, d_country, _ = self._det_kinds
+            if d_ip:
+                _bump(det, cur["ip"], ip, cap)
+            if d_prefix:
+                cfg = det.cfg
+                _bump(det, cur["prefix"], client.prefix(cfg.prefix_v4, cfg.prefix_v6), cap)
+            if d_country and geo is not None:
+                c = geo.country
+                if c:
+                    _bump(det, cur["country"], c, cap)
+            if self._book is not None and self._book.count:
+                rej = self._mitigate(ctx, client, None, now)
+                if rej is not None:
+                    return rej
+
+        rules = snap.pre_rules
+        if rules:
+            rej = self._apply(rules, ctx, client, now)
+            if rej is not None:
+                return rej
+        if ctx.route is not None:
+            return self._route_part(snap, ctx, client, now)
+        return None
+
+    def check_route(self, ctx: Any, now: float,
+                    client: ClientState | None = None) -> Rejection | None:
+        """The route-dependent part (route ACL, route-scoped and per-route
+        rules, route anomalies), for a data plane that calls `check` before
+        routing. Do not call it after a `check` that already saw the route."""
+        if ctx.route is None:
+            return None
+        ip = ctx.client_ip
+        if client is None or client.ip != ip or (client.geo is not ctx.geo
+                                                 and client.geo != ctx.geo):
+            client = self._client_for(ip, ctx.geo)
+        return self._route_part(self._snap, ctx, client, now)
+
+    def _route_part(self, snap: _Snapshot, ctx: Any, client: ClientState,
+                    now: float) -> Rejection | None:
+        rname = ctx.route.name
+        if snap.route_acls:
+            racl = snap.route_acls.get(rname)
+            if racl is not None and not client.permits(racl):
+                return self._acl_deny(ctx, "route")
+        det = self._det
+        if det is not None and self._det_kinds[3]:
+            _bump(det, det.cur["route"], rname, det.max_keys)
+            book = self._book
+            if book is not None and book.count and book.active.get("route"):
+                rej = self._mitigate(ctx, client, rname, now)
+                if rej is not None:
+                    return rej
+        rules = snap.route_rules(rname)
+        return self._apply(rules, ctx, client, now) if rules else None
+
+    def _apply(self, rules: tuple[Rule, ...], ctx: Any, client: ClientState,
+               now: float) -> Rejection | None:
+        table = self.table
+        charged: list[tuple[Rule, int]] = []
+        for rule in rules:
+            h = rule.key_hash(ctx, client)
+            if h is None:
+                continue
+            wait = table.admit(h, now, rule.interval, rule.tau)
+            if not wait:
+                charged.append((rule, h))
+                continue
+            if rule.shadow:
+                ctx.verdicts.append(rule.v_shadow)
+                self._counters[(rule.name, "shadow")] += 1
+                self._log_req(rule.name, "ratelimit shadow", self._rule_fields(rule, ctx, wait))
+                continue
+            for r, rh in charged:
+                table.refund(rh, r.interval)
+            ctx.verdicts.append(rule.v_reject)
+            self._counters[(rule.name, "reject")] += 1
+            self._log_req(rule.name, "ratelimit reject", self._rule_fields(rule, ctx, wait))
+            return Rejection(429, f"rate limit {rule.name} exceeded", limit_headers([(rule, wait)]))
+        return None
+
+    def _client_for(self, ip: str, geo: Any) -> ClientState:
+        cs = self._clients.get(ip)
+        if cs is None or (cs.geo is not geo and cs.geo != geo):
+            if len(self._clients) >= _CLIENT_CACHE:
+                self._clients.clear()            # O(1) amortized; a flood just misses
+            cs = self._clients[ip] = ClientState(ip, geo)
+        return cs
+
+    def _acl_deny(self, ctx: Any, where: str) -> Rejection:
+        ctx.verdicts.append(f"acl:{where}:deny")
+        self._counters[(f"acl:{where}", "deny")] += 1
+        self._log_req(f"acl:{where}", "acl deny", {
+            "ip": ctx.client_ip, "where": where, "listener": ctx.listener,
+            "route": getattr(ctx.route, "name", None)})
+        return Rejection(403, f"forbidden by {where} acl")
+
+    def _mitigate(self, ctx: Any, client: ClientState, rname: str | None,
+                  now: float) -> Rejection | None:
+        """Active mitigations: before routing (rname None) all kinds but
+        "route"; in the route part only "route"."""
+        assert self._book is not None and self._det is not None
+        for kind, by_key in self._book.active.items():
+            if not by_key or (kind == "route") != (rname is not None):
+                continue
+            if kind == "ip" or kind == "global":
+                key: str | None = ctx.client_ip
+            elif kind == "prefix":
+                cfg = self._det.cfg
+                key = client.prefix(cfg.prefix_v4, cfg.prefix_v6)
+            elif kind == "country":
+                key = getattr(client.geo, "country", None) if client.geo is not None else None
+            else:
+                key = rname
+            if key is None:
+                continue
+            m = by_key.get("node" if kind == "global" else key)
+            if m is None or m.until <= now:
+                continue
+            verdict = ("anomaly:strict-per-ip:global" if kind == "global"
+                       else f"anomaly:{m.action}:{kind}")
+            if m.shadow:
+                ctx.verdicts.append(verdict + ":shadow")
+                self._counters[(f"anomaly:{kind}", "shadow")] += 1
+                continue
+            if m.action == "block":
+                wait = m.until - now
+                ctx.verdicts.append(verdict)
+                self._counters[(f"anomaly:{kind}", "block")] += 1
+                self._log_req(f"anomaly:{kind}", "anomaly block", {
+                    "kind": kind, "key": key, "level": m.level, "ttl_s": round(wait, 3)})
+                retry = str(max(1, math.ceil(wait))).encode()
+                return Rejection(429, f"blocked: anomalous {kind} traffic",
+                                 [(b"retry-after", retry)])
+            rule = self._mit_rule(kind, m.limit_rate,
+                                  self._det.cfg.global_.strict_per_ip_burst
+                                  if kind == "global" else limit_burst(m.limit_rate))
+            h = _xxh(client.addr_bytes() if kind in ("ip", "global") else key.encode(), rule.seed)
+            wait = self.table.admit(h, now, rule.interval, rule.tau)
+            if wait:
+                ctx.verdicts.append(verdict)
+                self._counters[(f"anomaly:{kind}", "limit")] += 1
+                self._log_req(f"anomaly:{kind}", "anomaly limit", {
+                    "kind": kind, "key": key, "limit_rate": rule.rate, "level": m.level})
+                return Rejection(429, f"rate limit {rule.name} exceeded",
+                                 limit_headers([(rule, wait)]))
+        return None
+
+    def _mit_rule(self, kind: str, rate: float, burst: int) -> Rule:
+        rule = self._mit_rules.get(kind)
+        if rule is None or rule.rate != rate or rule.burst != burst:
+            # The seed leaves the rate out: workers derive slightly different
+            # rates from their own baselines but must share one bucket per key.
+            name = "strict-per-ip" if kind == "global" else f"anomaly-{kind}"
+            rule = Rule(name, K_IP if kind in ("ip", "global") else K_PREFIX,
+                        rule_seed(self.shared.salt, "mitigation", kind), rate, burst)
+            self._mit_rules[kind] = rule
+        return rule
+
+    # ---- once a second -------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        det, book = self._det, self._book
+        if det is not None and book is not None:
+            anomalies, g = det.tick(now)
+            for a in anomalies:
+                self._on_anomaly(a, book, now)
+            if g is not None:
+                self._on_anomaly(g, book, now)
+            for m in book.expire(now):
+                self._counters[(f"anomaly:{m.kind}", "expire")] += 1
+                log.info("mitigation expired %s", _Fields(m.as_dict(now)))
+        for name, left in self._log_budget.items():
+            if left < 0:
+                log.info("log lines suppressed %s", _Fields({"rule": name, "lines": -left}))
+        self._log_budget.clear()
+
+    def _on_anomaly(self, a: Anomaly, book: MitigationBook, now: float) -> None:
+        event, m = book.on_anomaly(a, now)
+        kind = a.kind
+        self._counters[(f"anomaly:{kind}", "detect")] += 1
+        if event != "refresh":
+            self._counters[(f"anomaly:{kind}", event)] += 1
+        fields = {"kind": kind, "key": a.key, "rate": round(a.rate, 3),
+                  "mean": round(a.mean, 3), "sigma": round(a.sigma, 3),
+                  "threshold": round(a.threshold, 3), "workers": self.workers,
+                  "action": "strict-per-ip" if kind == "global" else m.action,
+                  "level": m.level, "ttl_s": round(m.until - now, 3),
+                  "limit_rate": m.limit_rate, "shadow": m.shadow, "event": event}
+        log.log(logging.INFO if event == "refresh" else logging.WARNING,
+                "anomaly %s", _Fields(fields))
+
+    # ---- admin and metrics ---------------------------------------------
+
+    def mitigations(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Active mitigations of this worker (for the admin API)."""
+        if self._book is None:
+            return []
+        if now is None:
+            import time
+            now = time.monotonic()
+        return self._book.listing(now)
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        """Monotonic per-process counters, keyed (rule, action)."""
+        out = dict(self._counters)
+        out[("table", "evictions")] = self.table.evictions
+        out[("table", "lock-timeouts")] = self.table.lock_timeouts
+        if self._det is not None:
+            out[("detector", "dropped-keys")] = self._det.dropped
+        return out
+
+    # ---- logging helpers -----------------------------------------------
+
+    def _log_req(self, name: str, event: str, fields: dict[str, Any]) -> None:
+        """Request-level decisions: at most _LOG_BUDGET lines per rule per
+        second (a flood must not become a log flood); tick reports the rest."""
+        left = self._log_budget.get(name, _LOG_BUDGET)
+        self._log_budget[name] = left - 1
+        if left > 0:
+            log.info("%s %s", event, _Fields(fields))
+
+    @staticmethod
+    def _rule_fields(rule: Rule, ctx: Any, wait: float) -> dict[str, Any]:
+        return {"rule": rule.name, "ip": ctx.client_ip, "rate": rule.rate,
+                "burst": rule.burst, "wait_s": round(wait, 3), "shadow": rule.shadow,
+                "route": getattr(ctx.route, "name", None)}
+
+
+def _bump(det: Detector, d: dict[str, int], key: str, cap: int) -> None:
+    c = d.get(key)
+    if c is not None:
+        d[key] = c + 1
+    elif len(d) < cap:
+        d[key] = 1
+    else:
+        det.dropped += 1
