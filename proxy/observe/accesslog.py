@@ -1,0 +1,250 @@
+"""JSON access log: one line per request, written off the event loop.
+
+`log(ctx)` formats the line (orjson, ~1 us) and appends it to a list; every
+`flush_interval` (100 ms) or at `flush_bytes` (64 KiB) the list is handed to
+one writer thread, which joins and writes it. One thread, not
+run_in_executor: batches must stay in order and a busy default executor
+must not delay the log. The loop never waits for the disk: when more than
+`max_pending` bytes are queued or being written, new lines are dropped and
+counted in `dropped` (exported as novaedge_access_log_dropped_lines_total).
+
+Rotation: rename the file, then call `reopen()` (the node calls it on
+SIGUSR1); lines already queued go to the old file, later ones to the new.
+
+Line fields: time (UTC, ms), id, client, country, method, host, path (no
+query: it often carries tokens), status, bytes_in, bytes_out, total_ms,
+upstream_ms (to the upstream's response head; null when no upstream
+answered), route, region, backend, verdicts, error, retries.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a dependency, json is the fallback
+    orjson = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from proxy.context import RequestContext
+
+log = logging.getLogger("novaedge.accesslog")
+
+MAX_PATH_CHARS = 2048
+_REOPEN = object()
+_STOP = object()
+
+
+def _json_line(rec: dict[str, Any]) -> bytes:
+    # ensure_ascii keeps lone surrogates (undecodable request bytes) writable
+    return json.dumps(rec, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+
+
+if orjson is not None:
+    _OPT = orjson.OPT_APPEND_NEWLINE
+
+    def _dumps(rec: dict[str, Any]) -> bytes:
+        try:
+            return orjson.dumps(rec, option=_OPT)
+        except TypeError:  # orjson refuses lone surrogates; json escapes them
+            return _json_line(rec)
+else:  # pragma: no cover
+    _dumps = _json_line
+
+
+class _Writer(threading.Thread):
+    """Writes handed-over batches in order; owns the file object."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="novaedge-accesslog", daemon=True)
+        self.path = path
+        self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.written = 0        # bytes done (written or failed); only this thread writes it
+        self.errors = 0
+        self._f: IO[bytes] | None = None
+
+    def _open(self) -> IO[bytes]:
+        if self.path == "-":
+            return open(1, "wb", closefd=False)  # fd 1 itself, whatever wraps sys.stdout
+        return open(self.path, "ab")
+
+    def run(self) -> None:
+        try:
+            self._f = self._open()
+        except OSError:
+            log.exception("access log: cannot open %s", self.path)
+        while True:
+            item = self.q.get()
+            if item is _STOP:
+                break
+            if item is _REOPEN:
+                self._reopen()
+                continue
+            lines, nbytes = item
+            try:
+                if self._f is None:
+                    self._f = self._open()
+                self._f.write(b"".join(lines))
+                self._f.flush()
+            except OSError:
+                self.errors += 1
+                if self.errors == 1 or self.errors % 1000 == 0:
+                    log.exception("access log: write to %s failed (%d times)", self.path, self.errors)
+            self.written += nbytes
+        if self._f is not None:
+            self._f.close()
+
+    def _reopen(self) -> None:
+        if self.path == "-":
+            return
+        try:
+            new = open(self.path, "ab")
+        except OSError:
+            log.exception("access log: reopen of %s failed; keeping the old file", self.path)
+            return
+        if self._f is not None:
+            self._f.close()
+        self._f = new
+
+
+class AccessLog:
+    """Formats and buffers access-log lines; see the module docstring."""
+
+    def __init__(self, path: str = "-", *, max_pending: int = 1 << 20, flush_bytes: int = 64 * 1024,
+                 flush_interval: float = 0.1, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.max_pending = max_pending
+        self.flush_bytes = flush_bytes
+        self.flush_interval = flush_interval
+        self.dropped = 0
+        self.lines = 0
+        self._clock = clock
+        self._buf: list[bytes] = []
+        self._buf_bytes = 0
+        self._handed = 0           # bytes given to the writer; only the loop writes it
+        self._writer = _Writer(path)
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sec = -1
+        self._sec_text = ""
+
+    # -- formatting (pure) ---------------------------------------------------
+
+    def _time_text(self, now: float) -> str:
+        sec = int(now)
+        if sec != self._sec:  # strftime is ~1.5 us: once a second, not per line
+            self._sec = sec
+            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._sec_text}.{int((now - sec) * 1000):03d}Z"
+
+    def format(self, ctx: RequestContext) -> bytes:
+        geo = ctx.geo
+        route = ctx.route
+        path = ctx.path
+        end = ctx.end
+        up_at = ctx.upstream_headers_at
+        return _dumps({
+            "time": self._time_text(self._clock()),
+            "id": ctx.request_id,
+            "client": ctx.client_ip,
+            "country": geo.country if geo is not None else None,
+            "method": ctx.method,
+            "host": ctx.host,
+            "path": path if len(path) <= MAX_PATH_CHARS else path[:MAX_PATH_CHARS],
+            "status": ctx.status,
+            "bytes_in": ctx.bytes_in,
+            "bytes_out": ctx.bytes_out,
+            "total_ms": round((end - ctx.start) * 1000, 3) if end else None,
+            "upstream_ms": round((up_at - ctx.upstream_start) * 1000, 3) if up_at else None,
+            "route": route.name if route is not None else None,
+            "region": ctx.region,
+            "backend": ctx.backend,
+            "verdicts": ctx.verdicts,
+            "error": ctx.error,
+            "retries": ctx.retries,
+        })
+
+    # -- hot path ----------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered here plus bytes the writer has not finished."""
+        return self._buf_bytes + self._handed - self._writer.written
+
+    def log(self, ctx: RequestContext) -> None:
+        line = self.format(ctx)
+        n = len(line)
+        if self._buf_bytes + self._handed - self._writer.written + n > self.max_pending:
+            self.dropped += 1
+            return
+        self._buf.append(line)
+        self._buf_bytes += n
+        self.lines += 1
+        if self._buf_bytes >= self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered lines to the writer thread (never blocks)."""
+        if not self._buf:
+            return
+        self._writer.q.put((self._buf, self._buf_bytes))
+        self._handed += self._buf_bytes
+        self._buf = []
+        self._buf_bytes = 0
+
+    def reopen(self) -> None:
+        """Reopen the file after rotation (call from the SIGUSR1 handler)."""
+        self.flush()
+        self._writer.q.put(_REOPEN)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the writer thread and the periodic flush on `loop` (default: running loop)."""
+        self._loop = loop or asyncio.get_running_loop()
+        self._writer.start()
+        self._timer = self._loop.call_later(self.flush_interval, self._tick)
+
+    def _tick(self) -> None:
+        self.flush()
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.flush_interval, self._tick)
+
+    async def close(self) -> None:
+        """Write out what is buffered and stop the writer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        if self._writer.is_alive():
+            self._writer.q.put(_STOP)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+
+    def close_sync(self, timeout: float = 5.0) -> None:
+        """close() for code without a loop (benchmarks, CLI one-shots)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        if self._writer.is_alive():
+            self._writer.q.put(_STOP)
+            self._writer.join(timeout)
+
+    def start_thread_only(self) -> None:
+        """Start the writer without a loop timer; the caller calls flush()."""
+        self._writer.start()
+
+
+def open_access_log(path: str, buffer_kib: int, flush_ms: int) -> AccessLog:
+    """An AccessLog from AccessLogConfig values; call .start() inside the loop."""
+    if path != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return AccessLog(path, max_pending=buffer_kib * 1024, flush_interval=flush_ms / 1000)
