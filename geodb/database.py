@@ -310,7 +310,7 @@ class GeoDB:
         for kind, path in self._paths.items():
             current = old.dbs[kind]
             try:
-                sig: StatSignature | None = stat_signature(path)
+                sig = stat_signature(path)
             except OSError as exc:
                 if self._refused.get(kind) != _MISSING:
                     self._refused[kind] = _MISSING
@@ -365,7 +365,10 @@ class GeoDB:
         """(hits, misses, maxsize, currsize) of the current snapshot's cache
         (counted since the last swap); None when caching is off."""
         info = getattr(self._state.cached, "cache_info", None)
-        return tuple(info()) if info else None  # type: ignore[return-value]
+        if info is None:
+            return None
+        hits, misses, maxsize, currsize = info()
+        return hits, misses, maxsize, currsize
 
     @property
     def cache_size(self) -> int:

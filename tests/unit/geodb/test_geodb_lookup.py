@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from mmdb_writer import MMDBWriter
-from netaddr import IPSet
+from netaddr import IPSet  # type: ignore[import-untyped]
 
 from geodb import UNKNOWN, GeoDB, GeoDBError, GeoRecord
 
