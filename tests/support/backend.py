@@ -15,7 +15,14 @@ Behaviour by path (query arguments in brackets):
   /bad/NAME              a malformed response: cl-te, dup-cl, bad-chunk, garbage,
                          obs-fold, neg-cl, bad-status, nul-header
   /healthz               200 "ok" (503 when the backend is marked unhealthy)
+  /sink                  reads the body without hashing it (fast for 1 GiB), answers its length
+  /stall                 a head promising 100 bytes, 10 of them, then nothing
+  /early/N               answers N at once, before reading the request body
 Every response carries X-Backend: <name>.
+`drop_reused = k`: the next k requests that arrive on an already-used connection
+find it closed (reset before a byte is read), like a keep-alive connection the
+backend timed out just as the proxy reused it.
+`stats.heads` records (method, target, headers) of every request head.
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ class BackendStats:
     connections: int = 0
     paths: list[str] = field(default_factory=list)
     upload_bytes: int = 0
+    heads: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
+    dropped: int = 0
 
 
 class _Conn(asyncio.Protocol):
@@ -56,6 +65,9 @@ class _Conn(asyncio.Protocol):
         self.body = hashlib.sha256()
         self.body_len = 0
         self.tunnel = False
+        self.hash_body = True
+        self.served = 0
+        self.in_message = False
         self.can_write = asyncio.Event()
         self.can_write.set()
 
@@ -79,6 +91,12 @@ class _Conn(asyncio.Protocol):
             assert self.t is not None
             self.t.write(data)
             return
+        if not self.in_message and self.served and self.server.drop_reused > 0:
+            self.server.drop_reused -= 1
+            self.server.stats.dropped += 1
+            assert self.t is not None
+            self.t.abort()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -91,6 +109,7 @@ class _Conn(asyncio.Protocol):
                 self.t.close()
 
     def on_message_begin(self) -> None:
+        self.in_message = True
         self.url = b""
         self.headers = []
         self.body = hashlib.sha256()
@@ -104,17 +123,30 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         path = self.url.split(b"?")[0]
+        self.hash_body = not path.startswith(b"/sink")
+        self.server.stats.heads.append((
+            self.parser.get_method().decode(), self.url.decode("latin-1"),
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers]))
+        if path.startswith(b"/early/"):
+            st = int(path.split(b"/")[2])
+            self._send(self._head(st, [b"Content-Length: 5"], False) + b"early")
+            if self.t is not None:
+                self.t.close()
+            return
         if path == b"/ws" and self.parser.should_upgrade():
             self._send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                        b"Connection: Upgrade\r\nX-Backend: " + self.server.name.encode() + b"\r\n\r\n")
             self.tunnel = True
 
     def on_body(self, body: bytes) -> None:
-        self.body.update(body)
+        if self.hash_body:
+            self.body.update(body)
         self.body_len += len(body)
         self.server.stats.upload_bytes += len(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
+        self.served += 1
         if self.tunnel:
             return
         s = self.server
@@ -153,6 +185,11 @@ class _Conn(asyncio.Protocol):
             self._send(BAD.get(arg, BAD[b"garbage"]))
             if self.t is not None:
                 self.t.close()
+            return
+        if kind == b"early":
+            return
+        if kind == b"stall":
+            self._send(self._head(200, [b"Content-Length: 100"], keep) + b"s" * 10)
             return
         if kind == b"unasked101":
             self._send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
@@ -227,6 +264,7 @@ class TestBackend:
         self.port = 0
         self.delay_s = 0.0
         self.healthy = True
+        self.drop_reused = 0
 
     @classmethod
     async def start(cls, name: str = "b1", host: str = "127.0.0.1", port: int = 0) -> "TestBackend":
