@@ -51,6 +51,9 @@ _CLIENT_CACHE = 65_536          # ClientState cache for callers that pass none
 _LOG_BUDGET = 20                # request-level log lines per rule per second
 
 
+_NO_PENDING: tuple[Any, list[Any]] = (None, [])
+
+
 class SharedState:
     """Node-wide state. Build it in the supervisor BEFORE forking workers:
     the GCRA table's memory and locks are inherited by fork."""
@@ -135,6 +138,7 @@ class Protection:
         self._clients: dict[str, ClientState] = {}
         self._mit_rules: dict[str, Rule] = {}
         self._log_budget: dict[str, int] = {}
+        self._pending: tuple[Any, list[tuple[Rule, int]]] = _NO_PENDING
 
     # ---- control plane -------------------------------------------------
 
@@ -224,13 +228,17 @@ class Protection:
                 if rej is not None:
                     return rej
 
+        charged: list[tuple[Rule, int]] = []
         rules = snap.pre_rules
         if rules:
-            rej = self._apply(rules, ctx, client, now)
+            rej = self._apply(rules, ctx, client, now, charged)
             if rej is not None:
                 return rej
         if ctx.route is not None:
-            return self._route_part(snap, ctx, client, now)
+            return self._route_part(snap, ctx, client, now, charged)
+        # check_route follows synchronously (no await between the phases):
+        # remember what to refund if a route rule refuses this request.
+        self._pending = (ctx, charged)
         return None
 
     def check_route(self, ctx: Any, now: float,
@@ -244,10 +252,12 @@ class Protection:
         if client is None or client.ip != ip or (client.geo is not ctx.geo
                                                  and client.geo != ctx.geo):
             client = self._client_for(ip, ctx.geo)
-        return self._route_part(self._snap, ctx, client, now)
+        pending, self._pending = self._pending, _NO_PENDING
+        charged = pending[1] if pending[0] is ctx else []
+        return self._route_part(self._snap, ctx, client, now, charged)
 
     def _route_part(self, snap: _Snapshot, ctx: Any, client: ClientState,
-                    now: float) -> Rejection | None:
+                    now: float, charged: list[tuple[Rule, int]]) -> Rejection | None:
         rname = ctx.route.name
         if snap.route_acls:
             racl = snap.route_acls.get(rname)
@@ -262,12 +272,11 @@ class Protection:
                 if rej is not None:
                     return rej
         rules = snap.route_rules(rname)
-        return self._apply(rules, ctx, client, now) if rules else None
+        return self._apply(rules, ctx, client, now, charged) if rules else None
 
     def _apply(self, rules: tuple[Rule, ...], ctx: Any, client: ClientState,
-               now: float) -> Rejection | None:
+               now: float, charged: list[tuple[Rule, int]]) -> Rejection | None:
         table = self.table
-        charged: list[tuple[Rule, int]] = []
         for rule in rules:
             h = rule.key_hash(ctx, client)
             if h is None:
