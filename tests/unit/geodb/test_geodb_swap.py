@@ -188,3 +188,28 @@ async def test_watch_rejects_a_nonpositive_interval(city_db: Path) -> None:
     with pytest.raises(ValueError):
         await watch(GeoDB.open(city=city_db), interval=0)
 
+
+
+def test_file_renamed_over_while_opening_is_retried_not_refused(
+    build: Build, city_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geodb.database as database
+
+    geo = GeoDB.open(city=city_db)
+    build(NEW_CITY_ENTRIES, city_db.name)
+    real = database.stat_signature
+    calls = 0
+
+    def racing_stat(path: object) -> tuple[int, int, int, int]:
+        nonlocal calls
+        calls += 1
+        sig = real(path)  # type: ignore[arg-type]
+        # the check after opening sees another file once (a rename mid-open)
+        return (sig[0], sig[1] + 1, sig[2], sig[3]) if calls == 3 else sig
+
+    monkeypatch.setattr(database, "stat_signature", racing_stat)
+    assert geo.reload_if_changed() is False  # poll, stat before open, stat after open differs
+    assert (geo.reloads_ok, geo.reloads_failed) == (0, 0)
+    assert geo.lookup("127.2.0.5").country == "DE"
+    assert geo.reload_if_changed() is True
+    assert geo.lookup("127.2.0.5").country == "AT"
