@@ -1,7 +1,7 @@
 """JSON access log: one line per request, written off the event loop.
 
-`log(ctx)` formats the line (orjson, ~1 us) and appends it to a list; every
-`flush_interval` (100 ms) or at `flush_bytes` (64 KiB) the list is handed to
+`log(ctx)` formats the line (orjson) and appends it to a list; every
+`flush_interval` (100 ms) or at `flush_bytes` (256 KiB) the list is handed to
 one writer thread, which joins and writes it. One thread, not
 run_in_executor: batches must stay in order and a busy default executor
 must not delay the log. The loop never waits for the disk: when more than
@@ -11,7 +11,7 @@ counted in `dropped` (exported as novaedge_access_log_dropped_lines_total).
 Rotation: rename the file, then call `reopen()` (the node calls it on
 SIGUSR1); lines already queued go to the old file, later ones to the new.
 
-Line fields: time (UTC, ms), id, client, country, method, host, path (no
+Line fields: time (UTC, ms, of the request's end), id, client, country, method, host, path (no
 query: it often carries tokens), status, bytes_in, bytes_out, total_ms,
 upstream_ms (to the upstream's response head; null when no upstream
 answered), route, region, backend, verdicts, error, retries.
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("novaedge.accesslog")
 
 MAX_PATH_CHARS = 2048
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000)) + (".999Z",)
 _REOPEN = object()
 _STOP = object()
 
@@ -118,8 +119,9 @@ class _Writer(threading.Thread):
 class AccessLog:
     """Formats and buffers access-log lines; see the module docstring."""
 
-    def __init__(self, path: str = "-", *, max_pending: int = 1 << 20, flush_bytes: int = 64 * 1024,
-                 flush_interval: float = 0.1, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str = "-", *, max_pending: int = 4 << 20, flush_bytes: int = 256 * 1024,
+                 flush_interval: float = 0.1, clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.max_pending = max_pending
         self.flush_bytes = flush_bytes
@@ -127,6 +129,8 @@ class AccessLog:
         self.dropped = 0
         self.lines = 0
         self._clock = clock
+        self._mono = mono
+        self._wall_offset = clock() - mono()   # refreshed on every flush (NTP steps)
         self._buf: list[bytes] = []
         self._buf_bytes = 0
         self._handed = 0           # bytes given to the writer; only the loop writes it
@@ -143,7 +147,9 @@ class AccessLog:
         if sec != self._sec:  # strftime is ~1.5 us: once a second, not per line
             self._sec = sec
             self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._sec_text}.{int((now - sec) * 1000):03d}Z"
+        # a table lookup and one concat: half the cost of an f-string with :03d
+        # +1e-4 ms: 100.020 stored as 100.0199999 still prints .020 (truncating, as strftime)
+        return self._sec_text + _MILLIS[int((now - sec) * 1000 + 1e-4)]
 
     def format(self, ctx: RequestContext) -> bytes:
         geo = ctx.geo
@@ -151,8 +157,9 @@ class AccessLog:
         path = ctx.path
         end = ctx.end
         up_at = ctx.upstream_headers_at
+        # the line's time is the request's end, on the wall clock; no clock call per line
         return _dumps({
-            "time": self._time_text(self._clock()),
+            "time": self._time_text((end or ctx.start) + self._wall_offset),
             "id": ctx.request_id,
             "client": ctx.client_ip,
             "country": geo.country if geo is not None else None,
@@ -162,8 +169,9 @@ class AccessLog:
             "status": ctx.status,
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
-            "total_ms": round((end - ctx.start) * 1000, 3) if end else None,
-            "upstream_ms": round((up_at - ctx.upstream_start) * 1000, 3) if up_at else None,
+            # int(us + .5) / 1000: ms rounded to 3 decimals at a third of round(x, 3)'s cost
+            "total_ms": int((end - ctx.start) * 1e6 + 0.5) / 1000 if end else None,
+            "upstream_ms": int((up_at - ctx.upstream_start) * 1e6 + 0.5) / 1000 if up_at else None,
             "route": route.name if route is not None else None,
             "region": ctx.region,
             "backend": ctx.backend,
@@ -193,6 +201,7 @@ class AccessLog:
 
     def flush(self) -> None:
         """Hand the buffered lines to the writer thread (never blocks)."""
+        self._wall_offset = self._clock() - self._mono()
         if not self._buf:
             return
         self._writer.q.put((self._buf, self._buf_bytes))
@@ -247,4 +256,5 @@ def open_access_log(path: str, buffer_kib: int, flush_ms: int) -> AccessLog:
     """An AccessLog from AccessLogConfig values; call .start() inside the loop."""
     if path != "-":
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return AccessLog(path, max_pending=buffer_kib * 1024, flush_interval=flush_ms / 1000)
+    return AccessLog(path, max_pending=buffer_kib * 1024, flush_bytes=min(256, buffer_kib // 4) * 1024,
+                     flush_interval=flush_ms / 1000)

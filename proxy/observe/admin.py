@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from .auth import Kind, decide
 from .config import AdminConfig
@@ -31,6 +31,7 @@ log = logging.getLogger("novaedge.admin")
 
 VIEW_KEY: web.AppKey[NodeView] = web.AppKey("novaedge_view", NodeView)
 AUDIT_KEY: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("novaedge_audit", collections.deque)
+WHO_KEY: web.RequestKey[str] = web.RequestKey("novaedge_who", str)
 
 # The page may only talk to its own origin and load nothing from elsewhere.
 PAGE_HEADERS = {
@@ -108,7 +109,7 @@ def build_admin_app(view: NodeView, token: str | None, *,
         kind = _kind(request)
         d = decide(kind, token=token, authorization=request.headers.get("Authorization"),
                    peer=request.remote, host=request.headers.get("Host"), extra_hosts=extra_hosts)
-        request["who"] = d.who
+        request[WHO_KEY] = d.who
         if not d.ok:
             if kind == "action":
                 _audit(request, request.path, d.status, d.reason)
@@ -126,8 +127,10 @@ def build_admin_app(view: NodeView, token: str | None, *,
         return web.Response(body=page, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(view.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, **JSON_HEADERS})
+        # the library negotiates text format vs OpenMetrics from Accept, as Prometheus asks
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(view.metrics.registry),
+                            headers={"Content-Type": content_type, **JSON_HEADERS})
 
     async def status(request: web.Request) -> web.Response:
         return _json(view.status())
@@ -189,7 +192,7 @@ def build_admin_app(view: NodeView, token: str | None, *,
 
 def _audit(request: web.Request, action: str, status: int, detail: str) -> None:
     entry = {"time": time.time(), "action": action, "peer": request.remote,
-             "who": request.get("who", "anonymous"), "status": status, "detail": detail}
+             "who": request.get(WHO_KEY, "anonymous"), "status": status, "detail": detail}
     request.app[AUDIT_KEY].append(entry)
     level = logging.INFO if status < 400 else logging.WARNING
     log.log(level, "admin action %s by %s from %s: %d %s", action, entry["who"], entry["peer"],

@@ -10,7 +10,7 @@ admin:
 access_log:
   enabled: true
   path: "-"                    # "-" = stdout, else a file (reopened on SIGUSR1 for rotation)
-  buffer_kib: 1024             # lines waiting for the writer beyond this are dropped and counted
+  buffer_kib: 4096             # lines waiting for the writer beyond this are dropped and counted
   flush_ms: 100
 metrics:
   enabled: true
@@ -66,7 +66,7 @@ class AdminConfig(_Frozen):
 class AccessLogConfig(_Frozen):
     enabled: bool = True
     path: str = "-"
-    buffer_kib: int = Field(1024, ge=64, le=1024 * 1024)
+    buffer_kib: int = Field(4096, ge=64, le=1024 * 1024)
     flush_ms: int = Field(100, ge=1, le=10_000)
 
 
