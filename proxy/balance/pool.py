@@ -11,7 +11,11 @@ list rebuilt only when membership or health changes, never per request.
 - hash: Maglev or rendezvous on the affinity key (p2c when the key is absent).
 
 Slow start divides a returning backend's cost (or multiplies its weight) by a
-factor ramping from min_weight_percent to 1 over duration_s.
+factor ramping from min_weight_percent to 1 over duration_s; `hash` ignores it
+(a returning backend takes its keys back at once: affinity wins).
+
+Passive outlier state lives here, per process: with one worker per core each
+worker ejects from what it sees itself (Envoy does the same per worker).
 """
 from __future__ import annotations
 

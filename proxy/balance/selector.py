@@ -278,3 +278,14 @@ class Selector:
         rps = [p[region] for p in pools if region in p]
         local = any(rp.available for rp in rps) if rps else True
         return local and self.view.remote_ok(region, pool)
+
+    def service_report(self) -> dict[str, float]:
+        """pool -> recent service time (ms) of this node's own region, for
+        gossip to publish; peers feed it to RegionView.update_service_times."""
+        out = {}
+        for pname, regions in self.cluster.pools.items():
+            rp = regions.get(self.view.local)
+            svc = rp.service_ms() if rp is not None else None
+            if svc is not None:
+                out[pname] = round(svc, 2)
+        return out

@@ -109,3 +109,24 @@ def test_connect_failure_counts_as_penalty_latency(world: MakeWorld) -> None:
     assert b.in_flight == 0
     with pytest.raises(ValueError):
         on_done(b, 0.001, "weird", 1.0)
+
+
+def test_one_slow_answer_is_enough_without_concurrency(world: MakeWorld) -> None:
+    """Closed loop (one request at a time, so in-flight never helps): the
+    peak-sensitive estimate alone moves traffic after a single 200 ms answer."""
+    random.seed(9)
+    sel, cluster, _ = world({"eu-west-1": 4})
+    plan = sel.plan("api")
+    slow = cluster.pools["api"]["eu-west-1"].backends[1]
+    now, picks = 0.0, []
+    for i in range(400):
+        b = sel.pick(plan, None, None, None, None, now).backend
+        assert b is not None
+        on_start(b)
+        lat = 0.2 if (b is slow and i >= 200) else 0.005
+        on_done(b, lat, "ok", now + lat)
+        now += lat
+        picks.append(b is slow)
+    assert 30 < sum(picks[100:200]) < 70          # a quarter while fast
+    first_slow = picks.index(True, 200)
+    assert sum(picks[first_slow + 1:]) <= 1       # then (almost) never again

@@ -183,3 +183,22 @@ def test_explain_is_compact_and_safe(world: MakeWorld) -> None:
     assert "scores=eu-west-1:0.0,eu-west-2:denied,us-east-1:down" in text
     bad = sel.pick(plan, frozenset(), None, None, None, 0.0, jurisdiction="x\r\nSet-Cookie: a")
     assert "\r" not in explain(bad) and "\n" not in explain(bad)
+
+
+def test_reported_service_time_ranks_unobserved_regions(world: MakeWorld) -> None:
+    sel, cluster, view = world({"eu-west-1": 1, "eu-west-2": 1, "eu-central-1": 1},
+                               matrix=MATRIX)
+    plan = sel.plan("api")
+    down(cluster, "eu-west-1", 0.0)
+    assert region(sel, plan, 0.0) == "eu-west-2"          # 12 ms vs 25 ms away
+    view.update_service_times({"eu-west-2": 30.0})         # London reports it is busy
+    assert region(sel, plan, 0.0) == "eu-central-1"        # 42 > 25
+    feed(cluster, "eu-west-2", 12 + 3, 0.0)                # our own samples win: 15 ms
+    assert region(sel, plan, 1.0) == "eu-west-2"
+
+
+def test_service_report_for_gossip(world: MakeWorld) -> None:
+    sel, cluster, _ = world(THREE, matrix=MATRIX)
+    assert sel.service_report() == {}                      # no samples yet
+    feed(cluster, "eu-west-1", 8.0, 0.0)
+    assert sel.service_report() == {"api": 8.0}
