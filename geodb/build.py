@@ -106,8 +106,11 @@ def record_of(entry: NetworkEntry) -> dict[str, Any]:
         rec["autonomous_system_number"] = entry.asn
     if entry.as_org is not None:
         rec["autonomous_system_organization"] = entry.as_org
-    for flag in ANONYMOUS_FLAGS:
-        if getattr(entry, flag):
+    flags = [flag for flag in ANONYMOUS_FLAGS if getattr(entry, flag)]
+    if flags:
+        # as MaxMind does: is_anonymous is set whenever any other flag is
+        rec["is_anonymous"] = True
+        for flag in flags:
             rec[flag] = True
     return rec
 

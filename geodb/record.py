@@ -12,7 +12,8 @@ Field names follow the GeoIP2 schemas:
   can answer for all three kinds.
 - Anonymous-IP (GeoIP2-Anonymous-IP): top-level booleans ``is_anonymous``,
   ``is_anonymous_vpn``, ``is_hosting_provider``, ``is_tor_exit_node``,
-  ``is_public_proxy``. Also read from a City record when no Anonymous-IP
+  ``is_public_proxy``; the others are read only when ``is_anonymous`` is
+  true, as MaxMind sets it whenever any other flag is. Also read from a City record when no Anonymous-IP
   database is configured (the ASN database likewise wins over ASN keys in
   a City record).
 
@@ -56,7 +57,6 @@ class GeoRecord(NamedTuple):
 UNKNOWN = GeoRecord()
 
 _EMPTY: tuple[object, ...] = tuple(UNKNOWN)
-_NO_FLAGS = (False, False, False, False, False)
 _new_record = tuple.__new__  # ~0.16 us; GeoRecord(...) with 13 arguments ~0.30 us
 
 
@@ -99,18 +99,18 @@ def record_of(city: Any, asn: Any, anonymous: Any) -> GeoRecord:
     if asn is not None and asn.get("autonomous_system_number") is not None:
         as_number = asn["autonomous_system_number"]
         as_org = asn.get("autonomous_system_organization")
-    if anonymous is not None:
+    # MaxMind sets is_anonymous whenever any other flag is set (the builder
+    # does too), so one get() settles the common case of no flags.
+    if anonymous is not None and anonymous.get("is_anonymous") is True:
         get = anonymous.get
-        flags = (
-            get("is_anonymous") is True,
-            get("is_anonymous_vpn") is True,
-            get("is_hosting_provider") is True,
-            get("is_tor_exit_node") is True,
-            get("is_public_proxy") is True,
-        )
+        vpn = get("is_anonymous_vpn") is True
+        hosting = get("is_hosting_provider") is True
+        tor = get("is_tor_exit_node") is True
+        proxy = get("is_public_proxy") is True
+        values = (country, continent, lat, lon, subdivision, city_name, as_number, as_org, True, vpn, hosting, tor, proxy)
     else:
-        flags = _NO_FLAGS
-    values = (country, continent, lat, lon, subdivision, city_name, as_number, as_org, *flags)
+        # a literal tuple: ~0.1 us cheaper than splicing in a flags tuple
+        values = (country, continent, lat, lon, subdivision, city_name, as_number, as_org, False, False, False, False, False)
     if values == _EMPTY:
         return UNKNOWN
     return _new_record(GeoRecord, values)

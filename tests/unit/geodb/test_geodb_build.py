@@ -47,6 +47,7 @@ def test_record_follows_the_geoip2_city_schema(build: Build) -> None:
         "subdivisions": [{"iso_code": "HE"}],
         "autonomous_system_number": 64500,
         "autonomous_system_organization": "Example",
+        "is_anonymous": True,  # set with any other flag, as MaxMind does
         "is_anonymous_vpn": True,
     }
     with maxminddb.open_database(str(path)) as reader:
@@ -144,7 +145,9 @@ def test_yaml_and_csv_specs(tmp_path: Path) -> None:
     spec = load_spec(csv, database_type="GeoIP2-City")
     geo = GeoDB.open(city=build_city_db(spec, tmp_path / "csv.mmdb"))
     assert geo.lookup("127.2.0.1") == GeoRecord(country="DE", continent="EU", lat=50.1, lon=8.7, city="Frankfurt")
-    assert geo.lookup("127.3.0.1") == GeoRecord(country="US", continent="NA", asn=64500, is_tor_exit_node=True)
+    assert geo.lookup("127.3.0.1") == GeoRecord(
+        country="US", continent="NA", asn=64500, is_anonymous=True, is_tor_exit_node=True
+    )
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
