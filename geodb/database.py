@@ -227,8 +227,8 @@ class _Snapshot:
         #   hit                    0.13 us ([]) / 0.25 (.get)    0.05-0.11 us
         #   miss                   0.69 us ([]) / 0.08 (.get)    included below
         #   insert + evict         0.9-1.4 us                    0.33 us (miss+insert+evict)
-        #   cold lookup, real GeoLite2-City, unique addresses, full cache:
-        #                          10.8 us                       9.5 us (no cache: 8.3)
+        #   cold lookup, real GeoLite2-City, unique addresses, full cache
+        #   (CPU time, best of 30):  10.7 us                     9.4 us (no cache: 8.2)
         # Hits pass the 1 us target with either; the cold target of 10 us
         # does not leave room for cachetools' pure-Python insert, on top of
         # the C reader's ~6.9 us decode of a full City record. lru_cache is

@@ -102,6 +102,22 @@ def bench(name: str, path: Path, hit_ips: list[str], unique_ips: list[str], scal
     print(f"  ({len(hit_ips)} addresses, {found} found; {len(unique_ips)} unique addresses for the LRU-full row)")
 
 
+def addresses_in(path: Path, n: int, rng: random.Random) -> list[str]:
+    """Up to n distinct random addresses inside the networks the database
+    has records for (IPv4 and IPv6), weighted by network size."""
+    with maxminddb.open_database(str(path)) as reader:
+        nets = [net for net, _ in reader]
+    weights = [min(net.num_addresses, 1 << 16) for net in nets]
+    seen: set[str] = set()
+    for net in rng.choices(nets, weights, k=4 * n):
+        seen.add(str(net.network_address + rng.randrange(net.num_addresses)))
+        if len(seen) == n:
+            break
+    out = sorted(seen)
+    rng.shuffle(out)
+    return out
+
+
 def random_ipv4(rng: random.Random, n: int, public_only: bool = True) -> list[str]:
     out: list[str] = []
     while len(out) < n:
@@ -147,7 +163,7 @@ def main() -> None:
 
     if SHARED_CITY.is_file():
         bench("MaxMind GeoIP2-City-Test (full 8-language records)", SHARED_CITY.resolve(), CITY_TEST_KNOWN * 20,
-              [f"81.2.{i >> 8 & 255}.{i & 255}" for i in range(2000 * 5 * scale)], scale)  # fmt: skip
+              addresses_in(SHARED_CITY, 2000 * 5 * scale, rng), scale)  # fmt: skip
     else:
         print(f"\n(skipped MaxMind test database: {SHARED_CITY} not found)")
 
