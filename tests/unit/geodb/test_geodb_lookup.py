@@ -35,6 +35,13 @@ def test_asn_and_anonymous_fields_of_a_city_record(city_db: Path) -> None:
     assert not (jp.is_anonymous_vpn or jp.is_hosting_provider or jp.is_public_proxy)
 
 
+def test_ipv6_that_only_looks_mapped_is_looked_up_as_ipv6(build: Build) -> None:
+    geo = GeoDB.open(city=build([{"network": "::ffff:0:0:0/96", "country": "SE"}, *CITY_ENTRIES]))
+    assert geo.lookup("::ffff:0:127.2.0.5").country == "SE"  # IPv4-translated, not IPv4-mapped
+    assert geo.lookup("::ffff:127.2.0.5").country == "DE"
+    assert geo.lookup("::ffff:::127.2.0.5") is UNKNOWN  # not an address at all
+
+
 def test_absent_address_is_the_unknown_object(city_db: Path) -> None:
     geo = GeoDB.open(city=city_db)
     for ip in ("10.0.0.1", "8.8.8.8", "2001:db8:2::1", "::1"):
