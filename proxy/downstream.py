@@ -19,7 +19,7 @@ import httptools
 
 from .context import RequestContext
 from .exchange import DONE, PARSING, TUNNEL, WAITING, Exchange
-from .http11 import HOP_BY_HOP, connection_tokens, error_response, split_host, valid_host
+from .http11 import HOP_BY_HOP, TCHAR, connection_tokens, error_response, split_host, valid_host
 from .proxyproto import ProxyHeaderError, parse_proxy_header
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class Downstream(asyncio.Protocol):
         "client_port", "geo", "trusted_peer", "pp_buf", "pp_pending", "paused", "closing",
         "current", "parsing", "queue", "last_active", "head_started_at", "body_last",
         "tunnel", "held", "upgraded", "requests", "route_acl_memo", "closed",
+        "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
     )
 
     def __init__(self, node: "Node", listener: "Listener") -> None:
@@ -71,6 +72,12 @@ class Downstream(asyncio.Protocol):
         self.upgraded = False
         self.requests = 0
         self.route_acl_memo: dict[str, bool] = {}
+        self.dead = False                        # parser unusable: input is read and dropped
+        self.deferred: tuple[int, str, Exchange | None] | None = None  # error owed after earlier responses
+        self.write_paused = False                # our send buffer to the client is over high water
+        self.client_eof = False                  # the client half-closed after its last request
+        self.linger_until = 0.0                  # closing: drain the client's input until then
+        self.parsed = 0                          # request messages completely parsed
 
     # ------------------------------------------------------------------
     # connection
@@ -90,6 +97,9 @@ class Downstream(asyncio.Protocol):
             except OSError:
                 pass
         self.last_active = node.now()
+        # The first head (or PROXY header) must arrive within header_timeout_s of
+        # the accept, not of its first byte: an idle fresh connection is slowloris too.
+        self.head_started_at = self.last_active
         if not node.connection_opened(self):
             transport.abort()
             self.closed = True
@@ -135,12 +145,15 @@ class Downstream(asyncio.Protocol):
         self.node.connection_closed(self)
 
     def pause_writing(self) -> None:
-        # Our send buffer to the client is full: stop reading the backend.
+        # Our send buffer to the client is full: stop reading the backend. The flag
+        # covers an upstream attached later while the buffer is still full.
+        self.write_paused = True
         ex = self.tunnel or self.current
         if ex is not None and ex.up is not None:
             ex.up.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         ex = self.tunnel or self.current
         if ex is not None and ex.up is not None:
             ex.up.resume_reading()
@@ -169,6 +182,8 @@ class Downstream(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.tunnel_client_data(data)
             return
+        if self.dead:
+            return   # after a protocol error or Connection: close: read and drop
         if self.upgraded:
             self.held.append(data)
             if sum(map(len, self.held)) > 256 * 1024:
@@ -187,7 +202,6 @@ class Downstream(asyncio.Protocol):
                 return
             addr, consumed = result
             self.pp_pending = False
-            self.head_started_at = 0.0
             rest = self.pp_buf[consumed:]
             self.pp_buf = b""
             ip, port = addr if addr is not None else (self.peer_ip, self.peer_port)
@@ -197,16 +211,33 @@ class Downstream(asyncio.Protocol):
             data = rest
         if self.parser is None:
             return
-        self._feed(data)
+        n = len(data)
+        if n <= FEED_SLICE:
+            self._feed(data)
+            return
+        ex = self.parsing
+        if ex is not None and ex.ctx is not None and not ex.chunked:
+            self._feed(data)   # a Content-Length body: nothing to police inside it
+            return
+        # Heads and chunked bodies go to llhttp in slices so that chunk-extension
+        # bytes (which llhttp skips without a callback) can be bounded between them.
+        mv = memoryview(data)
+        for i in range(0, n, FEED_SLICE):
+            if self.dead or self.upgraded or self.tunnel is not None or self.parser is None:
+                rest = bytes(mv[i:])
+                if self.upgraded and self.tunnel is None:
+                    self.held.append(rest)
+                elif self.tunnel is not None:
+                    self.tunnel.tunnel_client_data(rest)
+                return
+            self._feed(bytes(mv[i:i + FEED_SLICE]))
 
     def _feed(self, data: bytes) -> None:
         parser = self.parser
         assert parser is not None
-        ex = self.parsing
-        if ex is not None and ex.ctx is None:
-            # Inside a request head: bound its total size (llhttp buffers nothing,
-            # but httptools joins split header pieces; this stops a 1 GB header).
-            ex.head_bytes += len(data)
+        before = self.parsing
+        body_before = before.body_seen if before is not None else 0
+        parsed_before = self.parsed
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -227,21 +258,42 @@ class Downstream(asyncio.Protocol):
         except httptools.HttpParserInvalidURLError:
             self._reject_connection(400, "invalid request target")
             return
+        except httptools.HttpParserInvalidMethodError:
+            # 9110 9.1: a well-formed but unknown method is 501; garbage is 400. The
+            # method is known only when the message started at this chunk's start.
+            at_start = before is None and self.parsed == parsed_before
+            method = data.lstrip(b"\r\n").split(b" ", 1)[0] if at_start else b""
+            if method and not method.translate(None, TCHAR):
+                self._reject_connection(501, "unknown method")
+            else:
+                self._reject_connection(400, "malformed request: invalid method")
+            return
         except httptools.HttpParserError as e:
             msg = str(e)
-            if "HTTP version" in msg:
-                status = 505
-            elif msg.startswith("Request has invalid `Transfer-Encoding`"):
-                status = 501   # RFC 9112 6.1: a transfer coding we do not understand
-            else:
-                status = 400
+            if msg.startswith("Data after `Connection: close`"):
+                # 9112 9.6: nothing after a request that asked to close is processed.
+                self.dead = True
+                self.parsing = None
+                return
+            status = 505 if msg == "Invalid HTTP version" else 400
             self._reject_connection(status, "malformed request: " + msg.split(":")[0][:80])
             return
         ex = self.parsing
+        if ex is None or ex is not before or self.dead:
+            return
         limits = self.node.snapshot.config.limits
-        if ex is not None and ex.ctx is None and ex.state == PARSING and \
-                ex.head_bytes > limits.max_header_bytes + limits.max_request_line:
-            self._reject_connection(431, "request header block too large")
+        if ex.ctx is None:
+            # All of `data` went into this still-incomplete head. httptools joins a
+            # field split across reads, so bound the raw bytes too (1 GB header).
+            ex.head_bytes += len(data)
+            if ex.head_bytes > limits.max_header_bytes + limits.max_request_line:
+                self._reject_connection(431, "request header block too large")
+        elif ex.chunked:
+            # Inside a chunked body: what is not body is chunk framing, extensions
+            # and trailers. 9112 7.1.1: a server ought to limit extensions (4xx).
+            ex.framing_bytes += len(data) - (ex.body_seen - body_before)
+            if ex.framing_bytes > CHUNK_EXT_SLACK + 32 * ex.chunks + ex.trailer_bytes:
+                self._reject_connection(400, "chunk extensions too long")
 
     # ------------------------------------------------------------------
     # httptools callbacks: buffer and signal
@@ -249,7 +301,8 @@ class Downstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         ex = Exchange(self)
         self.parsing = ex
-        self.head_started_at = self.node.now()
+        if not self.head_started_at:
+            self.head_started_at = self.node.now()
         if self.current is not None:
             # Pipelined: hold further bytes until this one's turn.
             self.pause_reading("pipelined")
@@ -258,19 +311,28 @@ class Downstream(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         ex.url.append(url)
-        if sum(map(len, ex.url)) > self.node.snapshot.config.limits.max_request_line:
+        ex.header_bytes += len(url)
+        if ex.header_bytes > self.node.snapshot.config.limits.max_request_line:
             raise Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         assert ex is not None
+        limits = self.node.snapshot.config.limits
         if ex.ctx is not None or ex.state != PARSING:
-            return   # a trailer field: dropped (never merged into the head)
+            # A trailer field: never merged into the head, but bounded like one.
+            ex.trailer_bytes += len(name) + len(value) + 4
+            ex.trailer_count += 1
+            if ex.trailer_bytes > limits.max_header_bytes or ex.trailer_count > limits.max_headers:
+                raise Reject(431, "trailer section too large")
+            return
         ln = name.lower()
         ex.headers.append((ln, name, value))
-        limits = self.node.snapshot.config.limits
         if len(ex.headers) > limits.max_headers:
             raise Reject(431, f"more than {limits.max_headers} header fields")
+        ex.header_bytes += len(name) + len(value) + 4
+        if ex.header_bytes > limits.max_header_bytes + len(b"".join(ex.url)):
+            raise Reject(431, "request header block too large")
         if ln in _SPECIAL:
             if ln == b"host":
                 ex.host_count += 1
@@ -278,13 +340,18 @@ class Downstream(asyncio.Protocol):
             elif ln == b"content-length":
                 ex.has_cl = True
             elif ln == b"transfer-encoding":
-                ex.te_value = value
+                # Every field line counts: "gzip" then "chunked" is "gzip, chunked".
+                ex.te_value = value if ex.te_value is None else ex.te_value + b", " + value
             elif ln == b"connection":
                 ex.conn_tokens |= connection_tokens(value)
             elif ln == b"expect":
                 ex.expect = value.lower()
             elif ln == b"upgrade":
                 ex.upgrade = value
+        elif b"_" in ln and ln.replace(b"_", b"-") in _FRAMING:
+            # A backend that maps "_" to "-" (CGI style) would frame or route by a
+            # field the node ignored: the smuggling variant strict proxies refuse.
+            raise Reject(400, f"invalid header field name {name[:40].decode('latin-1')!r}")
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -303,10 +370,16 @@ class Downstream(asyncio.Protocol):
             ex.state = WAITING
             self.queue.append(ex)
 
+    def on_chunk_header(self) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.chunks += 1
+
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         assert ex is not None
         self.body_last = self.node.now()
+        ex.body_seen += len(body)
         if ex is self.current:
             ex.request_body(body)
         elif ex.state != DONE:
@@ -316,11 +389,12 @@ class Downstream(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         self.body_last = 0.0
+        self.parsing = None
+        self.parsed += 1
         if ex is self.current:
             ex.request_done()
         else:
             ex.body_complete = True
-        self.parsing = None
 
     # ------------------------------------------------------------------
     # request lifecycle
@@ -354,15 +428,18 @@ class Downstream(asyncio.Protocol):
         if self.current is not ex:
             return
         self.current = None
+        # Pauses that belonged to this exchange's upstream end with it.
+        self.resume_reading("upstream-full")
+        self.resume_reading("connecting")
         t = self.transport
         if t is None or self.closed:
             return
-        if aborted or close or not self.keep_alive_after(ex):
+        if aborted:
             self.closing = True
-            if aborted:
-                t.abort()
-            else:
-                t.close()
+            t.abort()
+            return
+        if close or not self.keep_alive_after(ex):
+            self._close()
             return
         self.last_active = self.node.now()
         if self.upgraded:
@@ -372,12 +449,20 @@ class Downstream(asyncio.Protocol):
             held, self.held = self.held, []
             self.resume_reading("upgrade-held")
             for chunk in held:
-                if self.closed or self.closing:
-                    return
-                self._feed(chunk)
-        if self.queue:
-            nxt = self.queue.popleft()
-            self._activate(nxt)
+                if self.closed or self.closing or self.dead:
+                    break
+                self.data_received(chunk)
+        while self.current is None and self.queue and not self.closing:
+            self._activate(self.queue.popleft())
+        if self.current is None and not self.closing and not self.closed:
+            if self.deferred is not None:
+                status, reason, failed = self.deferred
+                self.deferred = None
+                self._send_error_and_close(status, reason, failed)
+                return
+            if self.client_eof and self.parsing is None:
+                self._close()
+                return
         if not self.queue:
             self.resume_reading("pipelined")
 
@@ -398,29 +483,72 @@ class Downstream(asyncio.Protocol):
         self.response_finished(ex, close=close)
 
     def _reject_connection(self, status: int, reason: str) -> None:
-        """A protocol error: answer (if no response is under way) and close."""
-        ex = self.parsing or self.current
-        if self.current is not None and self.current.resp_head_sent:
-            if self.transport is not None:
-                self.transport.close()
-            self.closing = True
+        """A protocol error: answer it (after the responses owed to earlier
+        pipelined requests, in order) and close."""
+        failed = self.parsing
+        self.parsing = None
+        self.dead = True   # llhttp cannot resume after an error: drop further input
+        self.head_started_at = 0.0
+        self.body_last = 0.0
+        cur = self.current
+        if failed is not None and failed is not cur and failed in self.queue:
+            self.queue.remove(failed)
+        if cur is not None and cur is not failed:
+            # Earlier requests are still being answered: this error is owed after them.
+            if self.deferred is None:
+                self.deferred = (status, reason, failed)
+            self.pause_reading("dead")
             return
+        if cur is not None and cur.resp_head_sent:
+            # Its response is under way (the body was malformed after the backend
+            # answered): nothing can be said any more but to close.
+            cur.cancel()
+            if cur.ctx is not None:
+                cur.ctx.error = reason
+            self.response_finished(cur, close=True, aborted=True)
+            return
+        if cur is not None:
+            cur.cancel()
+            self.current = None
+        self.queue.clear()
+        self._send_error_and_close(status, reason, failed)
+
+    def _send_error_and_close(self, status: int, reason: str, ex: Exchange | None) -> None:
         if ex is not None and ex.ctx is None:
             ex.ctx = self.node.bare_context(self, ex)
+        rid = ex.ctx.request_id if ex is not None and ex.ctx is not None else self.node.next_request_id()
         if ex is not None and ex.ctx is not None:
             ex.ctx.status = status
             ex.ctx.error = reason
             if ex.state != DONE:
                 ex.cancel()
                 self.node.finish(ex.ctx)
-        rid = ex.ctx.request_id if ex is not None and ex.ctx is not None else self.node.next_request_id()
         if self.transport is not None and not self.closed:
-            self.transport.write(error_response(status, reason, rid, close=True))
-            self.transport.close()
+            head_only = ex is not None and ex.method == "HEAD"
+            self.transport.write(error_response(status, reason, rid, close=True, head_only=head_only))
+        self.dead = True
+        self._close()
+
+    def _close(self) -> None:
+        """Close after the last response: send it, then read and drop what the
+        client still sends (up to LINGER_S) before closing. Closing with unread
+        input makes the kernel send a RST, which can destroy the response (a 413
+        to a client still uploading) before the client reads it."""
+        t = self.transport
         self.closing = True
-        self.current = None
-        self.parsing = None
-        self.queue.clear()
+        self.dead = True
+        if t is None or self.closed:
+            return
+        self.paused.clear()
+        try:
+            t.resume_reading()
+        except RuntimeError:
+            pass
+        if t.can_write_eof():
+            t.write_eof()
+            self.linger_until = self.node.now() + LINGER_S
+        else:
+            t.close()
 
     # ------------------------------------------------------------------
     # tunnels (WebSocket and other upgrades)
@@ -430,17 +558,21 @@ class Downstream(asyncio.Protocol):
         self.upgraded = False
         held, self.held = self.held, []
         self.resume_reading("upgrade-held")
+        self.resume_reading("pipelined")
+        if self.write_paused and ex.up is not None:
+            ex.up.pause_reading()
         for chunk in held:
             ex.tunnel_client_data(chunk)
 
     def upstream_tunnel_eof(self) -> None:
         ex = self.tunnel
         self.tunnel = None
-        if ex is not None and ex.ctx is not None:
+        if ex is not None and ex.ctx is not None and ex.state != DONE:
             ex.state = DONE
             self.node.finish(ex.ctx)
         self.current = None
         if self.transport is not None:
+            self.closing = True
             self.transport.close()
 
     def eof_received(self) -> bool | None:
@@ -449,6 +581,14 @@ class Downstream(asyncio.Protocol):
             if up is not None and up.transport is not None and up.transport.can_write_eof():
                 up.transport.write_eof()
                 return True   # half-close: keep reading the backend's side
+            return False
+        if self.linger_until or self.dead:
+            return False
+        if self.current is not None and self.parsing is None and self.current.body_complete:
+            # The client half-closed after a complete request (printf | nc): answer
+            # it (and any pipelined ones) before closing.
+            self.client_eof = True
+            return True
         return False
 
     # ------------------------------------------------------------------
@@ -457,42 +597,61 @@ class Downstream(asyncio.Protocol):
     def sweep(self, now: float, limits: object) -> None:
         from .config import Limits
         assert isinstance(limits, Limits)
-        if self.closed or self.transport is None:
+        t = self.transport
+        if self.closed or t is None:
+            return
+        if self.linger_until:
+            if now > self.linger_until:
+                t.abort()
             return
         if self.tunnel is not None:
             return
         if self.head_started_at and now - self.head_started_at > limits.header_timeout_s:
             # Slowloris: the whole head must arrive in time, however it trickles.
-            ex = self.parsing
-            if ex is not None or self.pp_pending:
+            if self.parsing is not None or self.pp_pending:
                 self._reject_connection(408, "request header timeout")
-            else:
-                self.transport.abort()
+            elif self.current is None and not self.queue:
+                self.closing = True
+                t.abort()   # nothing sent at all: no answer owed
             return
-        if self.body_last and self.parsing is not None and self.parsing.ctx is not None \
-                and now - self.body_last > limits.body_idle_timeout_s:
-            ex = self.parsing
-            if ex is self.current and not ex.resp_head_sent:
-                ex.cancel()
-                ex.ctx.status = 408  # type: ignore[union-attr]
-                self.write(error_response(408, "request body timeout", ex.ctx.request_id, close=True))  # type: ignore[union-attr]
-                ex.state = DONE
-                self.response_finished(ex, close=True)
-            else:
-                self.transport.abort()
-            return
+        ex = self.parsing
+        if self.body_last and ex is not None and ex.ctx is not None:
+            idle = now - self.body_last
+            if "upstream-full" in self.paused:
+                # We stopped reading the client because the backend stopped reading
+                # us: not the client's fault (no 408); nginx's proxy_send_timeout.
+                if ex is self.current and idle > self.node.snapshot.config.upstream.response_timeout_s:
+                    if ex.resp_head_sent:
+                        ex.cancel()
+                        self.response_finished(ex, close=True, aborted=True)
+                    else:
+                        ex.upstream_send_timeout()
+                    return
+            elif idle > limits.body_idle_timeout_s:
+                if ex is self.current and ex.resp_head_sent:
+                    ex.cancel()
+                    ex.ctx.error = "request body timeout"
+                    self.response_finished(ex, close=True, aborted=True)
+                else:
+                    self._reject_connection(408, "request body timeout")
+                return
         if self.current is None and self.parsing is None and not self.queue \
                 and now - self.last_active > limits.keepalive_timeout_s:
             self.closing = True
-            self.transport.close()
+            t.close()
 
     def close_if_idle(self) -> None:
-        if self.current is None and self.parsing is None and self.transport is not None:
+        if self.current is None and self.parsing is None and self.transport is not None \
+                and not self.closing:
             self.closing = True
             self.transport.close()
 
 
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                       b"expect", b"upgrade"})
+_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
+FEED_SLICE = 16 * 1024       # llhttp is fed heads and chunked bodies this much at a time
+CHUNK_EXT_SLACK = 16 * 1024  # chunk framing allowed beyond 32 bytes per chunk (extensions)
+LINGER_S = 2.0               # after our last response, drain client input this long
 HOP = HOP_BY_HOP
 __all__ = ["Downstream", "Reject", "RequestContext", "split_host", "valid_host", "TUNNEL"]

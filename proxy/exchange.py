@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .http11 import CONTINUE_100, HOP_BY_HOP, connection_tokens, error_response
+from .http11 import CONTINUE_100, HOP_BY_HOP, REASONS, connection_tokens, error_response
 from .upstream import BackendPool, PoolLimitReached, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -43,14 +43,16 @@ class Exchange:
         # per-request parse state (filled by Downstream's parser callbacks)
         "down", "url", "headers", "host_value", "host_count", "has_cl", "chunked",
         "conn_tokens", "expect", "upgrade", "te_value", "head_bytes", "body_complete",
-        "method", "version", "keep_alive", "pending_body",
+        "method", "version", "keep_alive", "pending_body", "body_seen", "header_bytes",
+        "trailer_bytes", "trailer_count", "chunks", "framing_bytes", "host_missing",
         # per-request proxy state
         "node", "ctx", "state", "req_head", "body_chunked_out", "replay", "replayable",
         "body_forwarded", "up", "backend", "pool", "tried", "timer",
         "resp_parser", "resp_status", "resp_reason", "resp_headers", "resp_head_sent",
         "resp_out_chunked", "resp_close_after", "resp_complete", "resp_no_body",
         "resp_upgrade_at", "resp_raw_left", "want_upgrade", "tunnel_held", "max_body",
-        "declared_len", "attempt_start",
+        "declared_len", "attempt_start", "reused", "last_failure", "resp_close_delimited",
+        "last_read", "resp_keep_alive", "out", "head_unflushed",
     )
 
     def __init__(self, down: "Downstream") -> None:
@@ -72,6 +74,13 @@ class Exchange:
         self.version = "1.1"
         self.keep_alive = True
         self.pending_body: list[bytes] = []  # body chunks not yet sent upstream
+        self.body_seen = 0                   # request body bytes parsed so far
+        self.header_bytes = 0                # request target + header fields, as parsed
+        self.trailer_bytes = 0
+        self.trailer_count = 0
+        self.chunks = 0                      # chunk headers parsed (chunked bodies)
+        self.framing_bytes = 0               # chunked body bytes that were not data
+        self.host_missing = False            # no Host to forward (HTTP/1.0): use the backend's
         self.ctx: RequestContext | None = None
         self.state = PARSING
         self.req_head = b""
@@ -100,6 +109,13 @@ class Exchange:
         self.max_body = 0
         self.declared_len = -1
         self.attempt_start = 0.0
+        self.reused = False                  # the current attempt runs on a pooled connection
+        self.last_failure: tuple[int, str] | None = None
+        self.resp_close_delimited = False    # the backend's body ends when it closes
+        self.last_read = 0.0                 # last response bytes from the backend
+        self.resp_keep_alive = False         # read at headers-complete: llhttp resets it after
+        self.out: list[bytes] = []           # response bytes parsed from one read, not yet written
+        self.head_unflushed = False          # the response head is in `out`, not on the wire
 
     # ------------------------------------------------------------------
     # request body, from the client
@@ -110,7 +126,10 @@ class Exchange:
             return
         ctx.bytes_in += len(data)
         if ctx.bytes_in > self.max_body:
-            self.down.fail_request(self, 413, f"request body over {self.max_body} bytes")
+            if self.resp_head_sent:
+                self._abort_both("request body too large")   # too late for a 413
+            else:
+                self.down.fail_request(self, 413, f"request body over {self.max_body} bytes")
             return
         if self.replay is not None:
             if ctx.bytes_in <= REPLAY_LIMIT:
@@ -149,7 +168,8 @@ class Exchange:
         assert ctx is not None
         choice = node.choose_backend(ctx, self.tried)
         if isinstance(choice, tuple):
-            status, reason = choice
+            # On a retry with nothing left to try, the failure that caused it says more.
+            status, reason = self.last_failure or choice
             self.down.fail_request(self, status, reason)
             return
         backend = choice
@@ -163,7 +183,11 @@ class Exchange:
         if ctx.upstream_start == 0.0:
             ctx.upstream_start = self.attempt_start
         node.upstream_started(backend)
-        conn = pool.take_idle()
+        # A retry after a pooled connection failed uses a fresh one: the others
+        # in the pool are as old, and may be as dead.
+        fresh_only = ctx.retries > 0 and self.reused
+        conn = None if fresh_only else pool.take_idle()
+        self.reused = conn is not None
         if conn is not None:
             self._attach(conn)
             return
@@ -198,6 +222,13 @@ class Exchange:
         self.resp_parser = httptools.HttpResponseParser(self)
         t = conn.transport
         assert t is not None
+        if self.host_missing and self.backend is not None:
+            b = self.backend
+            host = (f"[{b.host}]" if ":" in b.host else b.host) + f":{b.port}"
+            self.req_head = self.req_head.replace(b"\r\n", b"\r\nHost: " + host.encode() + b"\r\n", 1)
+            self.host_missing = False
+        if self.down.write_paused:
+            conn.pause_reading()   # the client is not keeping up: do not read its response yet
         if self.pending_body:
             t.write(self.req_head + b"".join(self.pending_body))
             self.pending_body = []
@@ -219,7 +250,20 @@ class Exchange:
         if self.state in (SENT, RESPONDING) and not self.resp_head_sent:
             self._upstream_failed("upstream-response-timeout", 504, retry_ok=False, sent=True)
         elif self.state == RESPONDING:
-            self.node.loop.call_soon(self._abort_both, "upstream-response-timeout")
+            # Mid-body the same timeout bounds the gap between two reads (nginx's
+            # proxy_read_timeout); one lazily re-armed timer, not one per read.
+            limit = self.node.snapshot.config.upstream.response_timeout_s
+            idle = self.node.now() - self.last_read
+            up = self.up
+            if (up is not None and up.paused_by_client) or idle < limit:
+                self.timer = self.node.loop.call_later(max(limit - idle, 0.05) if idle < limit else limit,
+                                                       self._response_timeout)
+            else:
+                self._abort_both("upstream-read-timeout")
+
+    def upstream_send_timeout(self) -> None:
+        """The backend stopped reading the request body (we held the client back)."""
+        self._upstream_failed("upstream-send-timeout", 504, retry_ok=False, sent=True)
 
     def _can_retry(self, sent: bool) -> bool:
         ctx = self.ctx
@@ -245,9 +289,16 @@ class Exchange:
         if up is not None:
             up.exchange = None
             up.close()
+        stale = self.reused and sent and reason == "upstream-reset-before-response"
         if self.backend is not None:
-            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start,
-                                        "timeout" if status == 504 else "connect_error")
+            # A stale pooled connection says nothing about the backend's health.
+            outcome = "timeout" if status == 504 else "cancelled" if stale else "connect_error"
+            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, outcome)
+            if stale:
+                # Most likely a keep-alive connection the backend had just timed
+                # out, not a broken backend: the retry may go to it again.
+                self.tried.discard(self.backend.id)
+        self.last_failure = (status, reason)
         if retry_ok and self._can_retry(sent):
             ctx.retries += 1
             ctx.verdicts.append("retry:" + reason)
@@ -289,18 +340,43 @@ class Exchange:
             return
         if self.state == SENT:
             self.state = RESPONDING
+        self.last_read = self.node.now()
+        # What one read produces is written once, after llhttp accepted all of it:
+        # one write instead of head + each chunk, and a response malformed within
+        # its first read (the usual case) can still be answered with a clean 502.
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
+            self._flush()
             self.resp_upgrade_at = int(e.args[0]) if e.args else len(data)
             self.resp_raw_left = data[self.resp_upgrade_at:]
             self._start_tunnel()
             return
+        except httptools.HttpParserCallbackError as e:
+            if self.resp_complete and isinstance(e.__context__, _ExtraResponse):
+                # Bytes after the complete response: ours is fine, the
+                # connection is not (never parse a second response into the client).
+                self._flush()
+                if self.up is not None:
+                    self.up.close()
+                if self.state != DONE:
+                    self._response_done()
+                return
+            self._bad_response(str(e.__context__ or e))
+            return
         except httptools.HttpParserError as e:
             self._bad_response(str(e))
             return
+        self._flush()
         if self.resp_complete and self.state != DONE:
             self._response_done()
+
+    def _flush(self) -> None:
+        out = self.out
+        if out:
+            self.down.write(out[0] if len(out) == 1 else b"".join(out))
+            self.out = []
+        self.head_unflushed = False
 
     def _bad_response(self, detail: str) -> None:
         ctx = self.ctx
@@ -308,6 +384,15 @@ class Exchange:
         ctx.verdicts.append("bad-response:" + detail[:60])
         if self.backend is not None:
             self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, "5xx")
+        if self.head_unflushed:
+            # Nothing of this response reached the client yet: it can get a 502.
+            self.out = []
+            self.head_unflushed = False
+            self.resp_head_sent = False
+            self.resp_out_chunked = False
+            self.resp_close_after = False
+        else:
+            self._flush()   # interim responses already accepted
         if self.resp_head_sent:
             self._abort_both("upstream-bad-response")
         else:
@@ -319,6 +404,10 @@ class Exchange:
             self.down.fail_request(self, 502, "upstream-bad-response")
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.resp_complete:
+            raise _ExtraResponse()
+
     def on_status(self, reason: bytes) -> None:
         self.resp_reason += reason
 
@@ -330,6 +419,8 @@ class Exchange:
         assert parser is not None
         status = parser.get_status_code()
         self.resp_status = status
+        if self.resp_complete:
+            raise _ExtraResponse()
         if status < 200:
             if status == 101:
                 if not self.want_upgrade:
@@ -337,7 +428,7 @@ class Exchange:
                 return   # the HttpParserUpgrade path takes over
             # 100 was answered by us already; 103 and others are relayed to 1.1 clients.
             if status != 100 and self.version == "1.1":
-                self.down.write(self._render_head(interim=True))
+                self.out.append(self._render_head(interim=True))
             self.resp_headers = []
             self.resp_reason = b""
             return
@@ -348,13 +439,22 @@ class Exchange:
         assert ctx is not None
         ctx.status = status
         ctx.upstream_headers_at = self.node.now()
+        # Must be read now: llhttp_should_keep_alive() is false once the message
+        # is complete, which made every upstream connection single-use.
+        self.resp_keep_alive = parser.should_keep_alive()
         self.resp_no_body = ctx.method == "HEAD" or status in (204, 304)
-        self.down.write(self._render_head(interim=False))
+        self.out.append(self._render_head(interim=False))
         self.resp_head_sent = True
+        self.head_unflushed = True
         if self.resp_no_body:
             self.resp_complete = True
+        else:
+            # Bound the gaps between body reads with the same timeout.
+            self._arm_response_timer()
 
     def on_body(self, body: bytes) -> None:
+        if not body:
+            return
         if self.resp_no_body:
             # A body on HEAD/204/304 is a protocol error: keep it off the wire, drop the conn.
             if self.up is not None:
@@ -364,9 +464,9 @@ class Exchange:
         assert ctx is not None
         ctx.bytes_out += len(body)
         if self.resp_out_chunked:
-            self.down.write(b"%x\r\n%b\r\n" % (len(body), body))
+            self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            self.down.write(body)
+            self.out.append(body)
 
     def on_message_complete(self) -> None:
         if self.resp_status >= 200 or self.resp_status == 0:
@@ -374,7 +474,7 @@ class Exchange:
 
     def _render_head(self, interim: bool) -> bytes:
         status = self.resp_status
-        reason = self.resp_reason or b"OK"
+        reason = self.resp_reason or REASONS.get(status, "Unknown").encode()
         out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
         extra_hop: set[bytes] = set()
         has_cl = False
@@ -404,11 +504,10 @@ class Exchange:
         if self.node.explain_wanted(self):
             out.append(b"X-NovaEdge-Decision: " + self.node.explain(ctx).encode() + b"\r\n")
         client_11 = self.version == "1.1"
-        parser = self.resp_parser
-        upstream_ka = parser.should_keep_alive() if parser is not None else False
         if self.resp_no_body:
             pass
         elif chunked or (not has_cl):
+            self.resp_close_delimited = not chunked
             # Chunked or close-delimited upstream: chunk it for 1.1 clients,
             # close-delimit for 1.0 ones.
             if client_11:
@@ -416,8 +515,6 @@ class Exchange:
                 out.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.resp_close_after = True
-        if not upstream_ka and not chunked and not has_cl and not self.resp_no_body:
-            pass  # body ends when the backend closes: upstream_eof finishes it
         if self.resp_close_after or not self.down.keep_alive_after(self):
             self.resp_close_after = True
             out.append(b"Connection: close\r\n")
@@ -427,18 +524,17 @@ class Exchange:
         return b"".join(out)
 
     def upstream_eof(self) -> None:
-        # For a close-delimited response llhttp completes the message on EOF.
-        parser = self.resp_parser
         if self.state == TUNNEL:
             self.down.upstream_tunnel_eof()
             return
-        if parser is not None and self.resp_head_sent and not self.resp_complete:
-            try:
-                parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
-            if self.resp_complete:
-                self._response_done()
+        if self.resp_head_sent and not self.resp_complete and self.resp_close_delimited:
+            # 9112 6.3 (8): a response without framing ends when the backend closes
+            # (httptools has no llhttp_finish; the FIN is the end of the message).
+            self.resp_complete = True
+            up = self.up
+            if up is not None:
+                up.close()
+            self._response_done()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.state == DONE:
@@ -451,6 +547,10 @@ class Exchange:
             self._response_done()
             return
         if self.resp_head_sent:
+            if self.resp_close_delimited and exc is None:
+                self.resp_complete = True
+                self._response_done()
+                return
             self._abort_both("upstream-closed-mid-response")
             return
         # Lost before the response head: the request may or may not have been read.
@@ -468,9 +568,8 @@ class Exchange:
         now = node.now()
         up = self.up
         self.up = None
-        parser = self.resp_parser
-        reusable = (up is not None and self.body_complete and parser is not None
-                    and parser.should_keep_alive() and up.usable())
+        reusable = (up is not None and self.body_complete and self.resp_keep_alive
+                    and not self.resp_close_delimited and up.usable())
         if up is not None and self.pool is not None:
             if reusable:
                 self.pool.release(up, now)
@@ -557,7 +656,14 @@ class Exchange:
         return error_response(status, reason, rid, close=close, head_only=self.method == "HEAD")
 
     def continue_100(self) -> None:
-        self.down.write(CONTINUE_100)
+        # 9110 15.2: never a 1xx to an HTTP/1.0 client; 10.1.1: may be skipped when
+        # the body is already here (and must be, if its response could precede it).
+        if self.version == "1.1" and not self.body_complete and not self.resp_head_sent:
+            self.down.write(CONTINUE_100)
 
 
 IDEMPOTENT_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class _ExtraResponse(Exception):
+    """Raised from a response parser callback: the backend sent more than one response."""

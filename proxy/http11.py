@@ -1,6 +1,8 @@
 """HTTP/1.1 wire constants and the short error responses the node sends itself."""
 from __future__ import annotations
 
+import re
+
 # RFC 9110 7.6.1 and the de-facto ones: never forwarded, whatever Connection says.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -57,27 +59,32 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
-# RFC 9110 5.6.2 tchar, for Host and token checks llhttp does not do for us.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_HOST_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]")
+# RFC 9110 5.6.2 tchar, for token checks llhttp does not do for us (bytes: for translate()).
+TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# RFC 3986 characters of an origin-form target: pchar / "/" / "?" (pct-encoded checked apart).
+URI_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+             b"-._~!$&'()*+,;=:@/?%")
+_PCT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_HOST_OK = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]"
 
 
 def valid_host(value: bytes) -> bool:
     """RFC 3986 authority without userinfo: reg-name/IPv4/[IPv6] and an optional port."""
     if not value or len(value) > 255:
         return False
-    if not all(c in _HOST_OK for c in value):
+    if value.translate(None, _HOST_OK):
         return False
     if value.startswith(b"["):
         end = value.find(b"]")
         if end < 0:
             return False
         rest = value[end + 1:]
-        return not rest or (rest[:1] == b":" and rest[1:].isdigit())
+        port = rest[1:]
+        return not rest or (rest[:1] == b":" and (not port or (port.isdigit() and int(port) <= 65535)))
     host, _, port = value.partition(b":")
     if b"[" in value or b"]" in value or not host:
         return False
-    return not port or (port.isdigit() and len(port) <= 5) or (_ == b":" and port == b"")
+    return not port or (port.isdigit() and int(port) <= 65535)
 
 
 def split_host(value: bytes) -> str:
@@ -86,3 +93,10 @@ def split_host(value: bytes) -> str:
     if v.startswith("["):
         return v[: v.find("]") + 1]
     return v.partition(":")[0]
+
+
+def valid_target(target: bytes) -> bool:
+    """An origin-form path and query made only of RFC 3986 characters, with
+    well-formed percent-encoding (llhttp lets through "\\" and "%zz", which
+    backends normalize differently: a path-ACL bypass)."""
+    return not target.translate(None, URI_CHARS) and (b"%" not in target or not _PCT.search(target))

@@ -12,15 +12,17 @@ import httptools
 
 from .downstream import Reject
 from .exchange import Exchange
-from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, split_host, valid_host
+from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, split_host, valid_host, valid_target
 
 
 def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
     """Validate the head. Returns (origin-form target, host header value)."""
+    if ex.version == "0.9":
+        raise Reject(400, "request line without an HTTP version")   # 9112 3
     if ex.version not in ("1.1", "1.0"):
         raise Reject(505, f"HTTP/{ex.version} is not supported")
     if ex.method == "CONNECT":
-        raise Reject(405, "CONNECT is not supported by a reverse proxy")
+        raise Reject(501, "CONNECT is not supported by a reverse proxy")
     url = b"".join(ex.url)
     if b"#" in url:
         raise Reject(400, "fragment in request target")
@@ -37,10 +39,17 @@ def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
             parsed = httptools.parse_url(url)
         except httptools.HttpParserInvalidURLError:
             raise Reject(400, "invalid request target") from None
-        if parsed.schema not in (b"http", b"https") or not parsed.host:
+        if (parsed.schema or b"").lower() not in (b"http", b"https") or not parsed.host:
             raise Reject(400, "invalid request target")
-        authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        if parsed.userinfo:
+            raise Reject(400, "userinfo in request target")   # 9110 4.2.4
+        h = parsed.host
+        if b":" in h:
+            h = b"[" + h + b"]"   # httptools drops an IPv6 literal's brackets
+        authority = h + (b":%d" % parsed.port if parsed.port else b"")
         target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+    if target != b"*" and not valid_target(target):
+        raise Reject(400, "invalid character in request target")
     if ex.host_count > 1:
         raise Reject(400, "multiple Host header fields")
     if ex.host_count == 0 and ex.version == "1.1":
@@ -52,10 +61,20 @@ def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
         raise Reject(400, "invalid request target authority")
     if ex.te_value is not None:
         if ex.version == "1.0":
-            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
-        ex.chunked = True   # llhttp accepts only a final "chunked"
-    if ex.expect is not None and ex.expect != b"100-continue":
-        raise Reject(417, "unsupported expectation")
+            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")   # 9112 6.1
+        # 9112 6.3 (4): chunked not final -> the length is unknowable: 400. Any
+        # other coding would be lost in our re-chunking: 9112 6.1 says 501.
+        codings = [c.strip().lower() for c in ex.te_value.split(b",") if c.strip()]
+        if not codings or codings[-1] != b"chunked" or b"chunked" in codings[:-1]:
+            raise Reject(400, "invalid Transfer-Encoding")
+        if len(codings) > 1:
+            raise Reject(501, "unsupported transfer coding")
+        ex.chunked = True
+    if ex.expect is not None:
+        if ex.version == "1.0":
+            ex.expect = None   # 9110 10.1.1: a 1.0 request's 100-continue MUST be ignored
+        elif ex.expect != b"100-continue":
+            raise Reject(417, "unsupported expectation")
     cl = -1
     if ex.has_cl:
         for ln, _n, v in ex.headers:
@@ -68,9 +87,9 @@ def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
         if protocols:
             ex.want_upgrade = True
             ex.upgrade = b", ".join(protocols)
-    if upgrade_flagged and (cl > 0 or ex.chunked):
-        # llhttp hands us the bytes after an Upgrade head unparsed; a body there
-        # could hide a second request. Nothing legitimate needs it.
+    if ex.want_upgrade and (cl > 0 or ex.chunked):
+        # Strict: a body before a protocol switch is legal but nothing needs it,
+        # and after a 101 the backend and we could disagree on where it ends.
         raise Reject(400, "Upgrade request with a body")
     return target, host
 
@@ -80,7 +99,9 @@ def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str
                         request_id: bytes, strip: frozenset[bytes],
                         extra: list[tuple[bytes, bytes]]) -> bytes:
     out = [ex.method.encode() + b" " + target + b" HTTP/1.1\r\n"]
-    drop = ex.conn_tokens
+    # Connection may name only hop-by-hop fields: it cannot remove the ones the
+    # node relies on ("Connection: Host" must not strip Host: hop-by-hop abuse).
+    drop = ex.conn_tokens - _KEEP if ex.conn_tokens else ex.conn_tokens
     xff_prior: list[bytes] = []
     via_prior: bytes | None = None
     for ln, name, value in ex.headers:
@@ -103,6 +124,8 @@ def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str
         out.append(name + b": " + value + b"\r\n")
     if ex.host_count == 0 and host:
         out.append(b"Host: " + host + b"\r\n")
+    # An HTTP/1.0 request without Host: the exchange adds the backend's address.
+    ex.host_missing = not host
     xff = b", ".join(xff_prior + [peer_ip.encode()])
     out.append(b"X-Forwarded-For: " + xff + b"\r\n")
     out.append(b"X-Forwarded-Proto: " + scheme + b"\r\n")
@@ -124,6 +147,9 @@ def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str
         out.append(b"Connection: upgrade\r\nUpgrade: " + ex.upgrade + b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+_KEEP = frozenset({b"host", b"x-forwarded-for", b"via"})
 
 
 def client_from_xff(ex: Exchange, peer_ip: str, is_trusted: "object") -> str:

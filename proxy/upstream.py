@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "exchange", "idle_since", "closed", "eof",
-                 "paused_by_client")
+                 "paused_by_client", "sock")
 
     def __init__(self, pool: "BackendPool") -> None:
         # per-connection state
@@ -30,12 +30,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.eof = False
         self.paused_by_client = False
+        self.sock: Any = None
 
     # -- asyncio callbacks: bytes in, signals out --------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self.sock = sock
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -79,6 +81,20 @@ class UpstreamConnection(asyncio.Protocol):
     def usable(self) -> bool:
         return not (self.closed or self.eof or self.transport is None
                     or self.transport.is_closing())
+
+    def peer_closed(self) -> bool:
+        """Ask the kernel whether the backend has closed this idle connection, in
+        case its FIN arrived but the loop has not read it yet: reusing it then
+        fails the request in a way that looks like "may have been processed",
+        so a POST could not be retried. One getsockopt, about 1 us."""
+        sock = self.sock
+        if sock is None or _TCP_INFO is None:
+            return False
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0]
+        except (OSError, IndexError, TypeError):
+            return False
+        return state != _TCP_ESTABLISHED
 
     def close(self) -> None:
         if not self.closed:
@@ -129,7 +145,7 @@ class BackendPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if conn.usable():
+            if conn.usable() and not conn.peer_closed():
                 self.busy.add(conn)
                 self.reused += 1
                 return conn
@@ -186,6 +202,10 @@ class BackendPool:
     def stats(self) -> dict[str, Any]:
         return {"idle": len(self.idle), "busy": len(self.busy), "created": self.created,
                 "reused": self.reused, "connect_failures": self.connect_failures}
+
+
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)   # Linux; elsewhere no check
+_TCP_ESTABLISHED = 1                                        # tcpi_state, linux/tcp_states.h
 
 
 def monotonic() -> float:

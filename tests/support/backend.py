@@ -18,6 +18,8 @@ Behaviour by path (query arguments in brackets):
   /sink                  reads the body without hashing it (fast for 1 GiB), answers its length
   /stall                 a head promising 100 bytes, 10 of them, then nothing
   /early/N               answers N at once, before reading the request body
+  /hop                   a response carrying hop-by-hop fields (and X-End: 1, which is not)
+  /twice                 two responses to one request (the second says "extra")
 Every response carries X-Backend: <name>.
 `drop_reused = k`: the next k requests that arrive on an already-used connection
 find it closed (reset before a byte is read), like a keep-alive connection the
@@ -187,6 +189,16 @@ class _Conn(asyncio.Protocol):
                 self.t.close()
             return
         if kind == b"early":
+            return
+        if kind == b"hop":
+            self._send(self._head(200, [b"Connection: keep-alive, X-Hop", b"X-Hop: 1",
+                                        b"Keep-Alive: timeout=5", b"Proxy-Authenticate: Basic",
+                                        b"Upgrade: foo", b"Trailer: X-T", b"X-End: 1",
+                                        b"Content-Length: 2"], keep) + b"ok")
+            return
+        if kind == b"twice":
+            self._send(self._head(200, [b"Content-Length: 5"], True) + b"first"
+                       + self._head(200, [b"Content-Length: 5"], True) + b"extra")
             return
         if kind == b"stall":
             self._send(self._head(200, [b"Content-Length: 100"], keep) + b"s" * 10)

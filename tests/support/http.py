@@ -220,3 +220,100 @@ def request(method: str = "GET", target: str = "/", *, host: str | None = "a.tes
 
 def chunked(*pieces: bytes, trailer: bytes = b"") -> bytes:
     return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces if p) + b"0\r\n" + trailer + b"\r\n"
+
+
+class RawClient:
+    """One client connection driven step by step (keep-alive, pipelining, Expect)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buf = b""
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, port: int, host: str = "127.0.0.1",
+                      local_addr: tuple[str, int] | None = None) -> "RawClient":
+        r, w = await asyncio.open_connection(host, port, local_addr=local_addr)
+        return cls(r, w)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def _more(self, timeout: float) -> bool:
+        try:
+            chunk = await asyncio.wait_for(self.reader.read(1 << 20), timeout)
+        except (ConnectionResetError, BrokenPipeError):
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    async def responses(self, n: int, methods: list[str] | None = None,
+                        timeout: float = 3.0) -> list[Response]:
+        """Read exactly `n` complete final responses (consumed from the buffer)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            done, rest = parse_responses(self.buf, methods, eof=self.eof)
+            if len(done) >= n:
+                if len(done) > n:
+                    raise AssertionError(f"{len(done)} responses, expected {n}")
+                self.buf = rest
+                return done
+            if self.eof:
+                raise AssertionError(f"closed after {len(done)} of {n} responses: {self.buf[:300]!r}")
+            left = end - loop.time()
+            if left <= 0:
+                raise AssertionError(f"timeout after {len(done)} of {n} responses: {self.buf[:300]!r}")
+            try:
+                await self._more(left)
+            except asyncio.TimeoutError:
+                pass
+
+    async def read_until(self, marker: bytes, timeout: float = 3.0) -> bytes:
+        """Bytes up to and including `marker` (consumed)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while marker not in self.buf:
+            left = end - loop.time()
+            if left <= 0 or self.eof:
+                raise AssertionError(f"{marker!r} not received; have {self.buf[:300]!r}")
+            try:
+                await self._more(left)
+            except asyncio.TimeoutError:
+                pass
+        i = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    async def nothing_for(self, seconds: float) -> bool:
+        """True if nothing arrives (and the server does not close) for `seconds`."""
+        if self.buf or self.eof:
+            return False
+        try:
+            got = await self._more(seconds)
+        except asyncio.TimeoutError:
+            return True
+        return False if got else False
+
+    async def closed_within(self, seconds: float) -> bool:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while not self.eof:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await self._more(left)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
