@@ -4,9 +4,10 @@
 `flush_interval` (100 ms) or at `flush_bytes` (256 KiB) the list is handed to
 one writer thread, which joins and writes it. One thread, not
 run_in_executor: batches must stay in order and a busy default executor
-must not delay the log. The loop never waits for the disk: when more than
-`max_pending` bytes are queued or being written, new lines are dropped and
-counted in `dropped` (exported as novaedge_access_log_dropped_lines_total).
+must not delay the log. The loop never waits for the disk: when the writer
+still has more than `max_pending` bytes to write, a new batch is dropped and
+its lines counted in `dropped` (exported as
+novaedge_access_log_dropped_lines_total).
 
 Rotation: rename the file, then call `reopen()` (the node calls it on
 SIGUSR1); lines already queued go to the old file, later ones to the new.
@@ -50,15 +51,13 @@ def _json_line(rec: dict[str, Any]) -> bytes:
 
 
 if orjson is not None:
+    _orjson_dumps = orjson.dumps
     _OPT = orjson.OPT_APPEND_NEWLINE
-
-    def _dumps(rec: dict[str, Any]) -> bytes:
-        try:
-            return orjson.dumps(rec, option=_OPT)
-        except TypeError:  # orjson refuses lone surrogates; json escapes them
-            return _json_line(rec)
 else:  # pragma: no cover
-    _dumps = _json_line
+    _OPT = 0
+
+    def _orjson_dumps(rec: dict[str, Any], option: int = 0) -> bytes:
+        return _json_line(rec)
 
 
 class _Writer(threading.Thread):
@@ -154,18 +153,22 @@ class AccessLog:
     def format(self, ctx: RequestContext) -> bytes:
         geo = ctx.geo
         route = ctx.route
-        path = ctx.path
         end = ctx.end
         up_at = ctx.upstream_headers_at
-        # the line's time is the request's end, on the wall clock; no clock call per line
-        return _dumps({
-            "time": self._time_text((end or ctx.start) + self._wall_offset),
+        # The line's time is the request's end on the wall clock: no clock call per
+        # line, and the per-second prefix is cached (strftime is ~1.5 us).
+        now = (end or ctx.start) + self._wall_offset
+        sec = int(now)
+        if sec != self._sec:
+            self._time_text(now)
+        rec = {
+            "time": self._sec_text + _MILLIS[int((now - sec) * 1000 + 1e-4)],
             "id": ctx.request_id,
             "client": ctx.client_ip,
             "country": geo.country if geo is not None else None,
             "method": ctx.method,
             "host": ctx.host,
-            "path": path if len(path) <= MAX_PATH_CHARS else path[:MAX_PATH_CHARS],
+            "path": ctx.path[:MAX_PATH_CHARS],   # a full-length slice is the same object: free
             "status": ctx.status,
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
@@ -178,7 +181,11 @@ class AccessLog:
             "verdicts": ctx.verdicts,
             "error": ctx.error,
             "retries": ctx.retries,
-        })
+        }
+        try:
+            return _orjson_dumps(rec, option=_OPT)
+        except TypeError:  # orjson refuses lone surrogates (undecodable request bytes)
+            return _json_line(rec)
 
     # -- hot path ----------------------------------------------------------
 
@@ -188,26 +195,35 @@ class AccessLog:
         return self._buf_bytes + self._handed - self._writer.written
 
     def log(self, ctx: RequestContext) -> None:
+        # Per line: format, append, add. The bound is enforced per batch in flush():
+        # checking it per line cost ~0.3 us (three attribute loads across objects).
         line = self.format(ctx)
-        n = len(line)
-        if self._buf_bytes + self._handed - self._writer.written + n > self.max_pending:
-            self.dropped += 1
-            return
         self._buf.append(line)
-        self._buf_bytes += n
-        self.lines += 1
-        if self._buf_bytes >= self.flush_bytes:
+        n = self._buf_bytes + len(line)
+        self._buf_bytes = n
+        if n >= self.flush_bytes:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the buffered lines to the writer thread (never blocks)."""
+        """Hand the buffered lines to the writer thread (never blocks).
+
+        If the writer still has more than `max_pending` bytes to write, the
+        batch is dropped and its lines counted in `dropped`: memory stays
+        under max_pending + flush_bytes and the loop never waits.
+        """
         self._wall_offset = self._clock() - self._mono()
-        if not self._buf:
+        buf = self._buf
+        if not buf:
             return
-        self._writer.q.put((self._buf, self._buf_bytes))
-        self._handed += self._buf_bytes
+        nbytes = self._buf_bytes
         self._buf = []
         self._buf_bytes = 0
+        if self._handed - self._writer.written + nbytes > self.max_pending:
+            self.dropped += len(buf)
+            return
+        self.lines += len(buf)
+        self._writer.q.put((buf, nbytes))
+        self._handed += nbytes
 
     def reopen(self) -> None:
         """Reopen the file after rotation (call from the SIGUSR1 handler)."""

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import collections
 import importlib.resources
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
@@ -53,8 +53,14 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def _dumps(data: Any) -> str:
-    return orjson.dumps(data, default=_default).decode()
+try:
+    import orjson
+
+    def _dumps(data: Any) -> str:
+        return orjson.dumps(data, default=_default).decode()
+except ImportError:  # pragma: no cover - orjson is optional
+    def _dumps(data: Any) -> str:
+        return json.dumps(data, default=_default)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

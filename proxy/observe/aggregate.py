@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric)
 from prometheus_client.utils import floatToGoString
 
-from .metrics import DELTA_VERSION, LATENCY_BOUNDS, N_BUCKETS, SUM_INDEX
+from .metrics import DELTA_VERSION, LATENCY_BOUNDS, N_BUCKETS, R_COUNT, R_IN, R_LAT, R_OUT, R_UP, R_UP_SUM
 
 CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
 _LE = [floatToGoString(b) for b in LATENCY_BOUNDS] + ["+Inf"]
@@ -79,14 +79,15 @@ class _Family:
         k = self.slot(key)
         self.values[k] = self.values.get(k, 0) + n
 
-    def add_hist(self, key: tuple[str, ...], counts: list[float]) -> None:
+    def add_hist(self, key: tuple[str, ...], rec: list[float], at: int) -> None:
+        """Add rec[at:at + N_BUCKETS] (bucket counts) and rec[at + N_BUCKETS] (sum)."""
         k = self.slot(key)
         h = self.values.get(k)
         if h is None:
-            self.values[k] = list(counts)
+            self.values[k] = rec[at:at + N_BUCKETS + 1]
         else:
             for i in range(N_BUCKETS + 1):
-                h[i] += counts[i]
+                h[i] += rec[at + i]
 
     def counter(self) -> Metric:
         m = CounterMetricFamily(self.name, self.doc, labels=self.labels)
@@ -107,7 +108,7 @@ class _Family:
             for le, n in zip(_LE, h[:N_BUCKETS]):
                 cum += n
                 buckets.append((le, cum))
-            m.add_metric(k, buckets, h[SUM_INDEX])
+            m.add_metric(k, buckets, h[N_BUCKETS])
         return m
 
 
@@ -169,17 +170,16 @@ class MetricsAggregator:
         if d.get("v") != DELTA_VERSION:
             raise ValueError(f"metrics delta version {d.get('v')!r}, expected {DELTA_VERSION}")
         self._inflight[d.get("worker")] = d.get("inflight", 0)
-        for k, n in d.get("requests", {}).items():
-            self.requests.add(k, n)
-        for route, (bin_, bout) in d.get("bytes", {}).items():
-            self.bytes.add((route, "in"), bin_)
-            self.bytes.add((route, "out"), bout)
+        for k, r in d.get("requests", {}).items():
+            route, region, backend, _code = k
+            self.requests.add(k, r[R_COUNT])
+            self.bytes.add((route, "in"), r[R_IN])
+            self.bytes.add((route, "out"), r[R_OUT])
+            self.latency.add_hist((route,), r, R_LAT)
+            if any(r[R_UP:R_UP_SUM]):
+                self.upstream.add_hist((region, backend), r, R_UP)
         for (country, continent), n in d.get("clients", {}).items():
             self.clients.add((country_label(country), continent_label(continent)), n)
-        for route, h in d.get("latency", {}).items():
-            self.latency.add_hist((route,), h)
-        for k, h in d.get("upstream", {}).items():
-            self.upstream.add_hist(k, h)
         for v, n in d.get("verdicts", {}).items():
             self.protect.add(split_verdict(v), n)
         for k, n in d.get("errors", {}).items():

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .aggregate import MetricsAggregator
-from .metrics import DELTA_VERSION, LATENCY_BOUNDS, N_BUCKETS
+from .metrics import DELTA_VERSION, R_COUNT, R_LAT, R_LAT_SUM, RECORD_LEN
 
 JSON = dict[str, Any]
 
@@ -119,18 +119,22 @@ class FakeNodeView:
                  ("static", "eu-west-1", "eu-west-1/10.1.0.5:8080", "3xx"): 120,
                  ("api", "ap-northeast-1", "ap-northeast-1/10.2.0.5:8080", "5xx"): 40,
                  ("api", "none", "none", "4xx"): 35}
-        hist = [0] * N_BUCKETS + [0.0]
-        for i, n in enumerate((5, 40, 160, 320, 280, 110, 40, 10, 3, 1, 0, 0, 0, 0)):
-            hist[i] = n
-        hist[N_BUCKETS] = sum(n * LATENCY_BOUNDS[min(i, len(LATENCY_BOUNDS) - 1)] / 2
-                              for i, n in enumerate(hist[:N_BUCKETS]))
+        shape = (5, 40, 160, 320, 280, 110, 40, 10, 3, 1, 0, 0, 0, 0)   # latency, per 969 requests
+
+        def record(n: int) -> list[float]:
+            r: list[float] = [0] * RECORD_LEN
+            r[R_COUNT] = n
+            for i, share in enumerate(shape):
+                r[R_LAT + i] = n * share // sum(shape)
+            r[R_LAT_SUM] = n * 0.012
+            return r
+
         for _ in range(seconds + 1):
             for worker in (1, 2):
                 self._metrics.apply({
                     "v": DELTA_VERSION, "worker": worker, "inflight": 9 + worker,
-                    "requests": {k: n // 2 for k, n in per_s.items()},
+                    "requests": {k: record(n // 2) for k, n in per_s.items()},
                     "clients": {("IE", "EU"): 700, ("US", "NA"): 600, ("JP", "AS"): 20, (None, None): 4},
-                    "latency": {"api": list(hist)},
                     "verdicts": {"anomaly:burst-3sigma:block": 12, "ratelimit:per-asn:ratelimit": 5},
                 })
             self.clock.t += 1.0

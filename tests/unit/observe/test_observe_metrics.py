@@ -9,7 +9,15 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.observe.aggregate import MetricsAggregator, country_label, split_verdict
-from proxy.observe.metrics import LATENCY_BOUNDS, N_BUCKETS, SUM_INDEX, WorkerMetrics, code_class, run_flusher
+from proxy.observe.metrics import (
+    LATENCY_BOUNDS, N_BUCKETS, R_COUNT, R_IN, R_LAT, R_LAT_SUM, R_OUT, R_UP, R_UP_SUM, WorkerMetrics, code_class,
+    run_flusher)
+
+KEY = ("api", "eu-west-1", "eu-west-1/10.0.0.1:80", "2xx")
+
+
+def counts(d: dict) -> dict:
+    return {k: r[R_COUNT] for k, r in d["requests"].items()}
 
 from observe_fixtures import Geo
 
@@ -40,10 +48,8 @@ def test_observe_counts_by_bounded_labels(make_ctx) -> None:
     m.begin()
     m.observe(make_ctx(route=None, region=None, backend=None, status=404, upstream=None, geo=None))
     d = m.drain()
-    assert d["requests"] == {("api", "eu-west-1", "eu-west-1/10.0.0.1:80", "2xx"): 2,
-                             ("api", "eu-west-1", "eu-west-1/10.0.0.1:80", "5xx"): 1,
-                             ("none", "none", "none", "4xx"): 1}
-    assert d["bytes"]["api"] == [30, 300]
+    assert counts(d) == {KEY: 2, KEY[:3] + ("5xx",): 1, ("none", "none", "none", "4xx"): 1}
+    assert (d["requests"][KEY][R_IN], d["requests"][KEY][R_OUT]) == (20, 200)
     assert d["clients"] == {("IE", "EU"): 3, (None, None): 1}
     assert d["inflight"] == 0
     # the raw path never becomes a label
@@ -55,21 +61,23 @@ def test_histogram_buckets_are_le_inclusive(make_ctx) -> None:
     for total in (0.001, 0.0010001, 10.0, 42.0):   # on a bound, just above it, the top, past the top
         m.begin()
         m.observe(make_ctx(start=0.0, end=total, upstream=None))
-    h = m.drain()["latency"]["api"]
+    r = m.drain()["requests"][KEY]
+    h = r[R_LAT:R_LAT_SUM]
     assert h[0] == 1                       # 0.001 <= le=0.001
     assert h[1] == 1                       # 0.0010001 -> le=0.0025
     assert h[len(LATENCY_BOUNDS) - 1] == 1  # 10.0 -> le=10
     assert h[N_BUCKETS - 1] == 1           # 42 -> +Inf only
-    assert h[SUM_INDEX] == pytest.approx(0.001 + 0.0010001 + 10.0 + 42.0)
+    assert r[R_LAT_SUM] == pytest.approx(0.001 + 0.0010001 + 10.0 + 42.0)
 
 
 def test_upstream_latency_only_when_an_upstream_answered(make_ctx) -> None:
     m = WorkerMetrics()
     m.observe(make_ctx(upstream=(100.0, 100.004)))
     m.observe(make_ctx(upstream=None))
-    up = m.drain()["upstream"]
-    assert list(up) == [("eu-west-1", "eu-west-1/10.0.0.1:80")]
-    assert sum(up[("eu-west-1", "eu-west-1/10.0.0.1:80")][:N_BUCKETS]) == 1
+    r = m.drain()["requests"][KEY]
+    assert r[R_COUNT] == 2
+    assert sum(r[R_UP:R_UP_SUM]) == 1 and r[R_UP + LATENCY_BOUNDS.index(0.005)] == 1   # 4 ms
+    assert r[R_UP_SUM] == pytest.approx(0.004)
 
 
 def test_verdicts_errors_retries_and_events(make_ctx) -> None:
@@ -92,16 +100,16 @@ def test_drain_resets_and_is_picklable(make_ctx) -> None:
     m.begin()
     m.observe(make_ctx())
     d = pickle.loads(pickle.dumps(m.drain()))
-    assert d["worker"] == "w1" and d["inflight"] == 1 and sum(d["requests"].values()) == 1
+    assert d["worker"] == "w1" and d["inflight"] == 1 and sum(counts(d).values()) == 1
     again = m.drain()
-    assert again["requests"] == {} and again["latency"] == {} and again["inflight"] == 1
+    assert again["requests"] == {} and again["clients"] == {} and again["inflight"] == 1
 
 
 def test_end_missing_uses_clock(make_ctx) -> None:
     m = WorkerMetrics(clock=lambda: 100.3)
     m.observe(make_ctx(start=100.0, end=0.0, upstream=None))
-    h = m.drain()["latency"]["api"]
-    assert h[LATENCY_BOUNDS.index(0.5)] == 1   # 0.3 s -> le=0.5
+    r = m.drain()["requests"][KEY]
+    assert r[R_LAT + LATENCY_BOUNDS.index(0.5)] == 1   # 0.3 s -> le=0.5
 
 
 def test_aggregator_sums_workers_and_exposes_them(make_ctx) -> None:
@@ -119,6 +127,10 @@ def test_aggregator_sums_workers_and_exposes_them(make_ctx) -> None:
     assert value(agg, "novaedge_request_duration_seconds_count", route="api") == 7
     assert value(agg, "novaedge_request_duration_seconds_bucket", route="api", le="0.025") == 7
     assert value(agg, "novaedge_request_duration_seconds_bucket", route="api", le="0.01") == 0
+    up = dict(region="eu-west-1", backend="eu-west-1/10.0.0.1:80")
+    assert value(agg, "novaedge_upstream_duration_seconds_bucket", le="0.025", **up) == 7   # 14 ms each
+    assert value(agg, "novaedge_upstream_duration_seconds_bucket", le="0.01", **up) == 0
+    assert value(agg, "novaedge_upstream_duration_seconds_sum", **up) == pytest.approx(7 * 0.014)
     assert value(agg, "novaedge_requests_in_flight") == 2
     assert value(agg, "novaedge_metrics_workers") == 2
     agg.forget_worker(1)
@@ -206,5 +218,5 @@ async def test_run_flusher_ships_periodically_and_on_cancel(make_ctx) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert sum(sum(d["requests"].values()) for d in sent) == 2   # the last one came with the cancel
+    assert sum(sum(counts(d).values()) for d in sent) == 2   # the last one came with the cancel
     assert len(sent) >= 2
