@@ -110,10 +110,14 @@ async def test_residency_never_leaves_the_jurisdiction(geodb_path: str) -> None:
                 assert doc is not None and doc["backend"] == "us"
             await eu.stop()
             served_us = us.stats.requests
-            for _ in range(5):
+            seen = []
+            for _ in range(6):
                 status, _, raw = await get(port, "127.2.0.7")
-                assert status == 503, raw
-                assert b"jurisdiction gdpr" in raw
+                seen.append(status)
+                # The requests that find the EU backend dead get its 502; once it is
+                # known down, the answer is the jurisdiction's 503.
+                assert status in (502, 503), raw
+            assert seen[-1] == 503 and b"jurisdiction gdpr" in raw
             assert us.stats.requests == served_us   # never a silent violation
     finally:
         await us.stop()
