@@ -1,9 +1,24 @@
 """Observability and admin plane: metrics, access log, admin API, status page.
 
-Data plane (per worker):   WorkerMetrics.begin()/observe(ctx), AccessLog.log(ctx),
-                           run_flusher(metrics, send) -> deltas once a second
-Control plane (per node):  MetricsAggregator.apply(deltas) and its set_*() gauges,
-                           build_admin_app(view, token) / start_admin(view, AdminConfig)
+Wiring (what the node calls):
+
+    # each worker, on its loop
+    alog = open_access_log(cfg.access_log.path, cfg.access_log.buffer_kib, cfg.access_log.flush_ms)
+    alog.start()                                   # writer thread + 100 ms flush timer
+    loop.add_signal_handler(signal.SIGUSR1, alog.reopen)
+    metrics = WorkerMetrics(worker_id, access_log=alog)
+    flusher = asyncio.create_task(run_flusher(metrics, channel.send, cfg.metrics.flush_interval_s))
+    ...  metrics.begin()            when a request head is complete
+    ...  metrics.observe(ctx); alog.log(ctx)      when it ends, also on error
+    ...  flusher.cancel(); await alog.close()     at shutdown
+
+    # control plane, once per node
+    agg = MetricsAggregator()                      # NodeView.metrics returns it
+    on a worker's message:  agg.apply(deltas);  on its exit:  agg.forget_worker(worker_id)
+    agg.set_gossip_members(...), set_latency_matrix(...), set_geoip(...), config_reload(ok), ...
+    runner = await start_admin(node_view, cfg.admin)          # ... await runner.cleanup()
+
+    # single process: the same, with run_flusher(metrics, agg.apply)
 """
 from .accesslog import AccessLog, open_access_log
 from .admin import build_admin_app, start_admin

@@ -30,7 +30,7 @@ from .view import NodeView
 log = logging.getLogger("novaedge.admin")
 
 VIEW_KEY: web.AppKey[NodeView] = web.AppKey("novaedge_view", NodeView)
-AUDIT_KEY: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("novaedge_audit", collections.deque)
+AUDIT_KEY = web.AppKey[collections.deque[dict[str, Any]]]("novaedge_audit")
 WHO_KEY: web.RequestKey[str] = web.RequestKey("novaedge_who", str)
 
 # The page may only talk to its own origin and load nothing from elsewhere.
@@ -166,7 +166,8 @@ def build_admin_app(view: NodeView, token: str | None, *,
                       "mitigations": view.mitigations(), "traffic": view.metrics.traffic()})
 
     async def audit(request: web.Request) -> web.Response:
-        return _json(list(request.app[AUDIT_KEY]))
+        entries = request.app[AUDIT_KEY]
+        return _json(list(entries))
 
     async def reload(request: web.Request) -> web.Response:
         return await _act(request, "reload", None, view.reload)

@@ -28,7 +28,7 @@ from prometheus_client.utils import floatToGoString
 from .metrics import DELTA_VERSION, LATENCY_BOUNDS, N_BUCKETS, R_COUNT, R_IN, R_LAT, R_OUT, R_UP, R_UP_SUM
 
 CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
-_LE = [floatToGoString(b) for b in LATENCY_BOUNDS] + ["+Inf"]
+_LE = [floatToGoString(b) for b in LATENCY_BOUNDS] + ["+Inf"]  # type: ignore[no-untyped-call]
 RATE_WINDOW_S = 10.0
 
 

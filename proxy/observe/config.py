@@ -40,8 +40,8 @@ class AdminConfig(_Frozen):
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected host:port (got {v!r})")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected host:port (got {v!r}); port 0 picks a free one")
         return v
 
     def host_port(self) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .aggregate import MetricsAggregator
@@ -154,16 +154,16 @@ class FakeNodeView:
     def effective_config(self) -> Mapping[str, Any]:
         return copy.deepcopy(self._config)
 
-    def regions(self) -> list[Mapping[str, Any]]:
+    def regions(self) -> Sequence[Mapping[str, Any]]:
         return copy.deepcopy(self._regions)
 
-    def members(self) -> list[Mapping[str, Any]]:
+    def members(self) -> Sequence[Mapping[str, Any]]:
         return copy.deepcopy(self._members)
 
     def latency_matrix(self) -> Mapping[str, Mapping[str, float | None]]:
         return copy.deepcopy(self._matrix)
 
-    def mitigations(self) -> list[Mapping[str, Any]]:
+    def mitigations(self) -> Sequence[Mapping[str, Any]]:
         return copy.deepcopy(self._mitigations)
 
     async def reload(self) -> JSON:
@@ -200,7 +200,8 @@ class FakeNodeView:
         for r in self._regions:
             for b in r["backends"]:
                 if b["id"] == backend_id:
-                    return b
+                    found: JSON = b
+                    return found
         raise KeyError(backend_id)
 
     def _member_counts(self) -> dict[str, int]:

@@ -5,9 +5,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.observe.admin import build_admin_app
+from proxy.observe.admin import build_admin_app, start_admin
+from proxy.observe.config import AdminConfig
 from proxy.observe.auth import token_fingerprint
 from proxy.observe.fake import SECRETS, FakeNodeView
 
@@ -146,3 +148,21 @@ async def test_metrics_and_page(admin) -> None:
     assert page.status == 200 and page.content_type == "text/html"
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     assert "/api/overview" in await page.text()
+
+
+async def test_start_admin_takes_the_token_from_the_environment() -> None:
+    view = FakeNodeView()
+    runner = await start_admin(view, AdminConfig(listen="127.0.0.1:0"), environ={"NOVAEDGE_ADMIN_TOKEN": TOKEN})
+    try:
+        host, port = runner.addresses[0][:2]
+        assert host == "127.0.0.1"
+        async with ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{port}/api/drain") as r:
+                assert r.status == 401
+            async with s.post(f"http://127.0.0.1:{port}/api/drain", headers=BEARER) as r:
+                assert r.status == 200
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 200 and "novaedge_requests_total" in await r.text()
+    finally:
+        await runner.cleanup()
+    assert view.draining

@@ -7,7 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from observe_fixtures import Geo
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from observe_fixtures import Geo, make_ctx as build_ctx
 
 from proxy.observe.accesslog import MAX_PATH_CHARS, AccessLog
 
@@ -119,3 +121,16 @@ def _wait_for(cond, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.005)
+
+
+@settings(max_examples=200, deadline=None)
+@given(path=st.text(), host=st.text(max_size=50), error=st.none() | st.text(max_size=20),
+       verdicts=st.lists(st.text(max_size=20), max_size=3))
+def test_any_request_strings_make_exactly_one_json_line(path: str, host: str, error: str | None,
+                                                        verdicts: list[str]) -> None:
+    # st.text() includes lone surrogates, quotes, backslashes, newlines, NULs
+    line = fixed_log().format(build_ctx(path=path, host=host, error=error, verdicts=verdicts))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    rec = json.loads(line)
+    assert rec["path"] == path[:MAX_PATH_CHARS] and rec["host"] == host
+    assert rec["error"] == error and rec["verdicts"] == verdicts

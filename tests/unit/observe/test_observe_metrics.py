@@ -220,3 +220,18 @@ async def test_run_flusher_ships_periodically_and_on_cancel(make_ctx) -> None:
         await task
     assert sum(sum(counts(d).values()) for d in sent) == 2   # the last one came with the cancel
     assert len(sent) >= 2
+
+
+def test_access_log_drops_reach_the_metrics() -> None:
+    class Log:
+        dropped = 0
+
+    alog = Log()
+    m = WorkerMetrics(access_log=alog)
+    agg = MetricsAggregator()
+    alog.dropped = 5
+    agg.apply(m.drain())
+    alog.dropped = 7
+    agg.apply(m.drain())
+    agg.apply(m.drain())
+    assert value(agg, "novaedge_access_log_dropped_lines_total") == 7
