@@ -138,6 +138,9 @@ class Child:
     def cwd(self) -> Path:
         return REPO
 
+    def describe(self) -> str:
+        return ""
+
     def start(self, probe: str = "/tiny", timeout: float = 15.0) -> None:
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(["taskset", "-c", str(self.cpu), *self.argv()],
@@ -319,12 +322,24 @@ class NovaEdge(Child):
             switched.append(f"{key}.enabled=false")
         return cfg, switched
 
+    def tree(self) -> str:
+        """The commit measured, and whether proxy/ differs from it (read-only git)."""
+        def git(*a: str) -> str:
+            r = subprocess.run(["git", "-C", str(self.root), *a], capture_output=True, text=True, check=False)
+            return r.stdout.strip() if r.returncode == 0 else ""
+        head = git("rev-parse", "--short", "HEAD")
+        if not head:
+            return "not a git checkout"
+        dirty = git("status", "--porcelain", "--", "proxy")
+        return f"commit {head}" + (f" + uncommitted changes in {len(dirty.splitlines())} file(s) under proxy/"
+                                   if dirty else "")
+
     def describe(self) -> str:
         where = "" if self.root == REPO else f" from {self.root}"
         return (f"NovaEdge{where} (python -m proxy run, 1 worker, uvloop+httptools): "
                 + "; ".join(self.switched_off)
                 + "; adds X-Forwarded-For/-Proto/-Host, X-Real-IP, Via, X-Request-Id upstream, "
-                  "Via and X-Request-Id downstream")
+                  "Via and X-Request-Id downstream; " + self.tree())
 
     def argv(self) -> list[str]:
         path = self.workdir / "novaedge.yaml"
@@ -356,3 +371,21 @@ def missing_tools() -> list[str]:
     if shutil.which("taskset") is None:
         out.append("taskset not found (apt-get install util-linux)")
     return out
+
+
+class FloorProxy(Child):
+    """loadtests/bench/floor_proxy.py: the least a Python proxy can cost."""
+    name = "py-floor"
+
+    def __init__(self, workdir: Path, cpu: int, backend_port: int) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, cpu)
+        self.backend_port = backend_port
+
+    def describe(self) -> str:
+        return ("reference: ~150-line uvloop+httptools proxy (bench/floor_proxy.py), same headers on "
+                "the wire as NovaEdge, no checks/timers/tasks: the floor for a Python hot path")
+
+    def argv(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).with_name("floor_proxy.py")), str(self.port),
+                str(self.backend_port)]
