@@ -7,7 +7,7 @@ import pytest
 from balance_world import MakeWorld, pool_config
 
 from proxy.balance import BackendState, Cluster, RegionPool
-from proxy.balance.hashing import maglev_table
+from proxy.balance.hashing import maglev_table, rendezvous_pick
 
 KEYS = [f"client-{i}".encode() for i in range(20000)]
 
@@ -143,3 +143,17 @@ def test_slow_start_limits_a_returning_backend(world: MakeWorld) -> None:
     assert share(100.0) < 0.12          # 10% of its turns: ~9% of picks
     assert 0.25 < share(115.0) < 0.40   # half its turns: ~1/3 of picks
     assert share(131.0) == 0.5          # ramp over: plain round robin
+
+
+def test_rendezvous_weights_and_fast_path_agree(world: MakeWorld) -> None:
+    bal = {"algorithm": "hash", "hash_method": "rendezvous", "affinity": {"client_ip": True}}
+    _, cluster, _ = world({"eu-west-1": [{"address": "10.0.0.1:80", "weight": 1},
+                                         {"address": "10.0.0.2:80", "weight": 3}]},
+                          balance=bal)
+    rp = cluster.pools["api"]["eu-west-1"]
+    share = Counter(owners(rp, KEYS[:8000]))
+    assert share["eu-west-1/10.0.0.2:80"] / 8000 == pytest.approx(0.75, abs=0.02)
+    # The equal-weight fast path picks what the general formula picks.
+    rp2, _ = region_pool(world, 6, balance=bal)
+    slow = [rendezvous_pick(rp2.backends, k, lambda b: True) for k in KEYS[:2000]]
+    assert [rp2.choose(0.0, k, None) for k in KEYS[:2000]] == slow
