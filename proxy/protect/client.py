@@ -19,7 +19,8 @@ from proxy.protect.acl import Acl, parse_ip
 
 
 class ClientState:
-    __slots__ = ("ip", "geo", "n", "v6", "valid", "acl_memo", "keys", "_prefixes")
+    __slots__ = ("ip", "geo", "n", "v6", "valid", "acl_memo", "keys", "_prefixes",
+                 "dprefix", "dprefix_of")
 
     def __init__(self, ip: str, geo: Any = None) -> None:
         self.ip = ip
@@ -32,6 +33,10 @@ class ClientState:
         self.acl_memo: dict[Acl, bool] = {}
         self.keys: dict[int, int] = {}
         self._prefixes: dict[tuple[int, int], str] = {}
+        # The detector's prefix key, for the detector config object it was
+        # computed for (the engine checks identity: a reload recomputes it).
+        self.dprefix = ""
+        self.dprefix_of: object = None
 
     def permits(self, acl: Acl) -> bool:
         """Memoized ACL verdict; unparsable addresses fail closed."""

@@ -91,7 +91,7 @@ class Detector:
         self.gk = g.k
         self.gfloor = g.min_rate / workers
         # Per-second counts, written on the request path (the engine holds
-        # direct references; `tick` swaps in fresh dicts via `_reset`).
+        # direct references to these dicts; `tick` empties them in place).
         self.cur: dict[str, dict[str, int]] = {kd: {} for kd in self.kinds}
         self.total = 0
         self.stats: dict[str, dict[str, KeyStats]] = {kd: {} for kd in self.kinds}
@@ -116,20 +116,25 @@ class Detector:
         if self.last_tick is None or now <= self.last_tick:
             if self.last_tick is None:
                 self.last_tick = now
-                self._reset()
+                for cur in self.cur.values():
+                    cur.clear()
+                self.total = 0
             return [], None
         scale = 1.0 / (now - self.last_tick)
         self.last_tick = now
         self.ticks += 1
         tick = self.ticks
         out: list[Anomaly] = []
-        counts = self.cur
         total = self.total
-        self._reset()
+        self.total = 0
         for kind in self.kinds:
             st = self.stats[kind]
             swept = False
-            for key, c in counts[kind].items():
+            # Cleared in place: the engine holds these dicts across ticks.
+            cur = self.cur[kind]
+            counts = list(cur.items())
+            cur.clear()
+            for key, c in counts:
                 s = st.get(key)
                 if s is None:
                     if len(st) >= self.max_keys:
@@ -149,10 +154,6 @@ class Detector:
             if a is not None:
                 g = Anomaly("global", "node", *a)
         return out, g
-
-    def _reset(self) -> None:
-        self.cur = {kd: {} for kd in self.kinds}
-        self.total = 0
 
     def _sample(self, s: KeyStats, x: float, tick: int, k: float,
                 floor: float) -> tuple[float, float, float, float] | None:

@@ -6,6 +6,9 @@ req/s and `burst`, emission interval T = 1/rate and tolerance tau = burst*T:
     new = max(TAT, now) + T
     admit iff new - now <= tau     (then TAT = new)
 
+Keys are non-zero 64-bit hashes (0 marks a never-used slot); the bucket is
+the key's low bits, so the table has a power-of-two number of buckets.
+
 Over any window [0, t] starting full this admits burst + floor(rate*t).
 
 Table layout: `slots` slots of (u64 key hash, f64 TAT), grouped in buckets
@@ -30,12 +33,13 @@ from __future__ import annotations
 import logging
 import mmap
 import multiprocessing
+from collections.abc import Callable
 from typing import Any
 
 _BUCKET = 8                     # slots per bucket
 _WORDS = 2 * _BUCKET            # u64 words per bucket (key, tat) * 8
 _LOCKS = 64                     # lock stripes (power of two)
-_EPS = 1e-9                     # float slack: 0.1 * 3 != 0.3
+EPS = 1e-9                      # float slack (0.1 * 3 != 0.3): callers add it to tau
 _LOCK_TIMEOUT = 0.25            # a worker SIGKILLed inside the section: fail open
 
 log = logging.getLogger("novaedge.protect")
@@ -73,21 +77,24 @@ class GcraTable:
         self.evictions = 0          # live keys displaced from a full bucket
         self.lock_timeouts = 0
 
-    def admit(self, key: int, now: float, interval: float, tau: float) -> float:
-        """Charge one request. 0.0 = admitted; else seconds until one would be."""
-        key |= 1                                     # 0 marks a never-used slot
-        b = key % self._nbuckets
+        self.admit = self._make_admit()
+
+    def _make_admit(self) -> Callable[[int, float, float, float], float]:
+        """admit(key, now, interval, tau) -> 0.0 if admitted, else the seconds
+        until a request would be. `key` is a non-zero 64-bit hash; `tau` is
+        burst * interval (callers add the float slack EPS once, see Rule).
+
+        A closure over the views, the bucket mask and the bound lock methods,
+        with the hit in the bucket's first slot inlined: in CPython a
+        memoryview item costs ~60 ns, an operation on a 64-bit int ~40 ns and
+        an attribute load ~15 ns, so this path does 3 of the first, 2 of the
+        second and none of the last."""
+        q, d, mask, table = self._q, self._d, self._nbuckets - 1, self
         locks = self._locks
-        if locks is not None:
-            lock = locks[b & (_LOCKS - 1)]
-            if not lock.acquire(True, _LOCK_TIMEOUT):
-                self.lock_timeouts += 1
-                log.error("gcra lock timeout on bucket %d: failing open", b)
-                return 0.0
-        try:
-            q = self._q
-            d = self._d
-            i = b * _WORDS
+        acquire = [lk.acquire for lk in locks] if locks is not None else []
+        release = [lk.release for lk in locks] if locks is not None else []
+
+        def search(key: int, i: int, now: float, interval: float, tau: float) -> float:
             end = i + _WORDS
             victim = -1
             vtat = 0.0
@@ -95,10 +102,8 @@ class GcraTable:
                 k = q[i]
                 if k == key:
                     tat = d[i + 1]
-                    if tat < now:
-                        tat = now
-                    new = tat + interval
-                    if new - now > tau + _EPS:
+                    new = (tat if tat > now else now) + interval
+                    if new - now > tau:
                         return new - now - tau
                     d[i + 1] = new
                     return 0.0
@@ -112,22 +117,52 @@ class GcraTable:
                 i += 2
             else:
                 if vtat > now:
-                    self.evictions += 1
+                    table.evictions += 1
             # Absent key: a fresh bucket admits (interval <= tau since burst >= 1).
-            if interval > tau + _EPS:
+            if interval > tau:
                 return interval - tau
             q[victim] = key
             d[victim + 1] = now + interval
             return 0.0
-        finally:
-            if locks is not None:
-                lock.release()
+
+        if locks is None:
+            def admit_local(key: int, now: float, interval: float, tau: float) -> float:
+                i = (key & mask) << 4
+                if q[i] == key:                      # the common case, inlined
+                    tat = d[i + 1]
+                    new = (tat if tat > now else now) + interval
+                    if new - now > tau:
+                        return new - now - tau
+                    d[i + 1] = new
+                    return 0.0
+                return search(key, i, now, interval, tau)
+            return admit_local
+
+        def admit_shared(key: int, now: float, interval: float, tau: float) -> float:
+            b = key & mask
+            s = b & (_LOCKS - 1)
+            if not acquire[s](True, _LOCK_TIMEOUT):
+                table.lock_timeouts += 1
+                log.error("gcra lock timeout on bucket %d: failing open", b)
+                return 0.0
+            try:
+                i = b << 4
+                if q[i] == key:
+                    tat = d[i + 1]
+                    new = (tat if tat > now else now) + interval
+                    if new - now > tau:
+                        return new - now - tau
+                    d[i + 1] = new
+                    return 0.0
+                return search(key, i, now, interval, tau)
+            finally:
+                release[s]()
+        return admit_shared
 
     def refund(self, key: int, interval: float) -> None:
         """Give back one request charged by `admit` (the request was refused
         by a later rule, so it should not use this rule's quota)."""
-        key |= 1
-        b = key % self._nbuckets
+        b = key & (self._nbuckets - 1)
         locks = self._locks
         if locks is not None:
             lock = locks[b & (_LOCKS - 1)]
@@ -147,8 +182,7 @@ class GcraTable:
 
     def tat(self, key: int) -> float | None:
         """The stored TAT of a key (None if absent); for tests and the admin API."""
-        key |= 1
-        i = (key % self._nbuckets) * _WORDS
+        i = (key & (self._nbuckets - 1)) * _WORDS
         for j in range(i, i + _WORDS, 2):
             if self._q[j] == key:
                 return float(self._d[j + 1])

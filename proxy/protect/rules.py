@@ -26,6 +26,7 @@ import xxhash
 
 from proxy.protect.client import ClientState
 from proxy.protect.config import RateLimitRule
+from proxy.protect.ratelimit import EPS
 
 _xxh = xxhash.xxh3_64_intdigest
 _M64 = (1 << 64) - 1
@@ -61,7 +62,7 @@ class Rule:
         self.rate = rate
         self.burst = burst
         self.interval = 1.0 / rate
-        self.tau = burst * self.interval
+        self.tau = burst * self.interval + EPS       # slack for float sums
         self.shadow = shadow
         self.routes = routes
         self.header = header
@@ -102,7 +103,7 @@ class Rule:
                 b = self.key_bytes(ctx, client)
                 if b is None:
                     return None
-                h = client.keys[self.seed] = _xxh(b, self.seed)
+                h = client.keys[self.seed] = _xxh(b, self.seed) or 1   # 0: empty slot
             return h
         if self.kind == K_ROUTE:
             route = ctx.route
@@ -111,10 +112,10 @@ class Rule:
                 return None
             h = self._route_keys.get(name)
             if h is None:
-                h = self._route_keys[name] = _xxh(name.encode(), self.seed)
+                h = self._route_keys[name] = _xxh(name.encode(), self.seed) or 1
             return h
         b = ctx.header(self.header)
-        return None if b is None else _xxh(b, self.seed)
+        return None if b is None else _xxh(b, self.seed) or 1
 
 
 def rule_seed(salt: int, *parts: object) -> int:
