@@ -47,11 +47,13 @@ def _v1(buf: bytes) -> tuple[tuple[str, int] | None, int] | None:
         raise ProxyHeaderError("bad v1 line")
     try:
         src = ipaddress.ip_address(parts[2].decode("ascii"))
-        ipaddress.ip_address(parts[3].decode("ascii"))
+        dst = ipaddress.ip_address(parts[3].decode("ascii"))
         sport, dport = int(parts[4]), int(parts[5])
     except ValueError:
         raise ProxyHeaderError("bad v1 address") from None
-    if (src.version == 4) != (parts[1] == b"TCP4") or not (0 <= sport < 65536 and 0 <= dport < 65536) \
+    v4 = parts[1] == b"TCP4"
+    if (src.version == 4) != v4 or (dst.version == 4) != v4 \
+            or not (0 <= sport < 65536 and 0 <= dport < 65536) \
             or parts[4] != str(sport).encode() or parts[5] != str(dport).encode():
         raise ProxyHeaderError("bad v1 address")
     return (str(src), sport), end + 2
@@ -85,6 +87,7 @@ def _v2(buf: bytes) -> tuple[tuple[str, int] | None, int] | None:
         sport = struct.unpack("!H", body[32:34])[0]
         mapped = src6.ipv4_mapped
         return (str(mapped) if mapped else str(src6), sport), total
-    if fam == 0x00:
+    if fam in (0x00, 0x31):
+        # UNSPEC, or a UNIX socket on the far side: no IP to believe, the socket peer stands.
         return None, total
     raise ProxyHeaderError("unsupported v2 address family")

@@ -16,6 +16,7 @@ Behaviour by path (query arguments in brackets):
                          obs-fold, neg-cl, bad-status, nul-header
   /healthz               200 "ok" (503 when the backend is marked unhealthy)
   /sink                  reads the body without hashing it (fast for 1 GiB), answers its length
+                         [?stall_every=BYTES&stall_ms=MS: stop reading for MS after every BYTES]
   /stall                 a head promising 100 bytes, 10 of them, then nothing
   /early/N               answers N at once, before reading the request body
   /hop                   a response carrying hop-by-hop fields (and X-End: 1, which is not)
@@ -68,6 +69,9 @@ class _Conn(asyncio.Protocol):
         self.body_len = 0
         self.tunnel = False
         self.hash_body = True
+        self.stall_every = 0
+        self.stall_ms = 0
+        self.next_stall = 0
         self.served = 0
         self.in_message = False
         self.can_write = asyncio.Event()
@@ -124,8 +128,12 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        path = self.url.split(b"?")[0]
+        path, _, query = self.url.partition(b"?")
         self.hash_body = not path.startswith(b"/sink")
+        args = dict(kv.split(b"=", 1) for kv in query.split(b"&") if b"=" in kv)
+        self.stall_every = int(args.get(b"stall_every", 0))
+        self.stall_ms = int(args.get(b"stall_ms", 0))
+        self.next_stall = self.stall_every
         self.server.stats.heads.append((
             self.parser.get_method().decode(), self.url.decode("latin-1"),
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers]))
@@ -145,6 +153,15 @@ class _Conn(asyncio.Protocol):
             self.body.update(body)
         self.body_len += len(body)
         self.server.stats.upload_bytes += len(body)
+        if self.stall_every and self.body_len >= self.next_stall and self.t is not None:
+            # A slow consumer: the proxy in front must stop reading its client.
+            self.next_stall += self.stall_every
+            self.t.pause_reading()
+            asyncio.get_running_loop().call_later(self.stall_ms / 1000, self._resume)
+
+    def _resume(self) -> None:
+        if self.t is not None and not self.t.is_closing():
+            self.t.resume_reading()
 
     def on_message_complete(self) -> None:
         self.in_message = False
