@@ -5,7 +5,7 @@ list rebuilt only when membership or health changes, never per request.
 `choose(now, key, exclude)` is bound at configure time to one algorithm:
 
 - p2c_ewma (default): two random backends, keep the lower decayed peak-EWMA x
-  (in-flight + 1). Costs two random() and two exp(): ~0.5 us at any size.
+  (in-flight + 1) / weight. Two random() and two exp(), at any pool size.
 - round_robin, least_inflight (full scan, rotating start so ties spread),
   weighted (random, cumulative weights + bisect).
 - hash: Maglev or rendezvous on the affinity key (p2c when the key is absent).
@@ -180,8 +180,9 @@ class RegionPool:
         b = view[j]
         k = self._neg_inv_tau
         # Inlined BackendState.cost_ms: a method call per side costs ~0.15 us.
-        ca = a.ewma_ms * _exp((now - a.stamp) * k) * (a.in_flight + 1)
-        cb = b.ewma_ms * _exp((now - b.stamp) * k) * (b.in_flight + 1)
+        # Divided by weight: a weight-3 backend carries 3x the load at equal cost.
+        ca = a.ewma_ms * _exp((now - a.stamp) * k) * (a.in_flight + 1) / a.weight
+        cb = b.ewma_ms * _exp((now - b.stamp) * k) * (b.in_flight + 1) / b.weight
         if now < a.slow_until:
             ca /= a.slow_factor(now, *self._slow)
         if now < b.slow_until:

@@ -130,3 +130,27 @@ def test_one_slow_answer_is_enough_without_concurrency(world: MakeWorld) -> None
     assert 30 < sum(picks[100:200]) < 70          # a quarter while fast
     first_slow = picks.index(True, 200)
     assert sum(picks[first_slow + 1:]) <= 1       # then (almost) never again
+
+
+def test_p2c_honours_weights_under_load(world: MakeWorld) -> None:
+    """Same latency, open loop with concurrency: the weight-3 backend ends up
+    carrying about three times the in-flight load of the weight-1 one."""
+    random.seed(4)
+    sel, cluster, _ = world({"eu-west-1": [{"address": "10.0.0.1:80", "weight": 1},
+                                           {"address": "10.0.0.2:80", "weight": 3}]})
+    plan = sel.plan("api")
+    pending: list[tuple[float, int, BackendState]] = []
+    counts = {"10.0.0.1:80": 0, "10.0.0.2:80": 0}
+    now = 0.0
+    for seq in range(6000):
+        while pending and pending[0][0] <= now:
+            t, _, b = heapq.heappop(pending)
+            on_done(b, 0.02, "ok", t)
+        b = sel.pick(plan, None, None, None, None, now).backend
+        assert b is not None
+        on_start(b)
+        heapq.heappush(pending, (now + 0.02, seq, b))
+        if seq >= 1000:
+            counts[b.address] += 1
+        now += 0.001                                  # ~20 in flight
+    assert 2.2 < counts["10.0.0.2:80"] / counts["10.0.0.1:80"] < 4.0, counts
