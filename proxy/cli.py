@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from .config import ConfigError, load_config, parse_config
 
 
-def quick_config(listen: str, to: list[str], workers: str, region: str) -> dict[str, object]:
+def quick_config(listen: str, to: list[str], workers: str, region: str,
+                 admin: str | None = None) -> dict[str, object]:
     backends = []
     for url in to:
         parts = urlsplit(url if "://" in url else "http://" + url)
@@ -22,6 +23,8 @@ def quick_config(listen: str, to: list[str], workers: str, region: str) -> dict[
         "listeners": [{"bind": listen}],
         "pools": {"default": {"regions": {region: backends}}},
         "routes": [{"name": "default", "pool": "default"}],
+        "admin": {"listen": admin} if admin else {"enabled": False},
+        "access_log": {"enabled": False},
     }
 
 
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", action="append", required=True, help="http://host:port (repeatable)")
     p.add_argument("--workers", default="1")
     p.add_argument("--region", default="us-east-1")
+    p.add_argument("--admin", default=None, help="admin API address (default: none)")
+    p.add_argument("--access-log", default=None, help="'-' for stdout or a file (default: none)")
     d = sub.add_parser("demo", help="a node on the built-in config, with demo backends in 3 regions")
     d.add_argument("--listen", default="127.0.0.1:8080")
     d.add_argument("--admin", default="127.0.0.1:9901")
@@ -67,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(cfg, args.file)
     if args.cmd == "proxy":
         try:
-            cfg = parse_config(quick_config(args.listen, args.to, args.workers, args.region))
+            data = quick_config(args.listen, args.to, args.workers, args.region, args.admin)
+            if args.access_log:
+                data["access_log"] = {"path": args.access_log}
+            cfg = parse_config(data)
         except ConfigError as e:
             print("\n".join(e.problems), file=sys.stderr)
             return 1

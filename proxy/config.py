@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .observe.config import AccessLogConfig, AdminConfig, MetricsConfig
+
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
@@ -231,6 +233,9 @@ class Config(Frozen):
     debug_headers: bool = False                       # X-NovaEdge-Decision on every response
     geoip: GeoIPConfig = GeoIPConfig()
     jurisdictions: dict[str, Jurisdiction] = {}
+    admin: AdminConfig = AdminConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("trusted_proxies")
     @classmethod

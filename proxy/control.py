@@ -43,6 +43,7 @@ class ControlPlane:
         self._tasks: list[asyncio.Task[None]] = []
         self.stop_requested = asyncio.Event()
         self.message_hooks: list[Any] = []
+        self.detach_hooks: list[Any] = []
 
     # -- workers -------------------------------------------------------
     def attach(self, worker_id: int, channel: Channel) -> None:
@@ -51,6 +52,8 @@ class ControlPlane:
     def detach(self, worker_id: int) -> None:
         self.workers.pop(worker_id, None)
         self.worker_stats.pop(worker_id, None)
+        for hook in self.detach_hooks:
+            hook(worker_id)
 
     def on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
         if "stats" in msg:

@@ -5,11 +5,13 @@ are configured, so an unconfigured feature costs next to nothing per request.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .geo import GeoPhase
 from .node import NodeHooks
+from .observe import AccessLog, WorkerMetrics, open_access_log
 
 if TYPE_CHECKING:
     from .context import RequestContext
@@ -23,6 +25,11 @@ class FeatureHooks(NodeHooks):
         self.worker_id = worker_id
         self.geo = GeoPhase(config)
         self.strip_request_headers = self.geo.strip
+        al = config.access_log
+        self.alog: AccessLog | None = (open_access_log(al.path, al.buffer_kib, al.flush_ms)
+                                       if al.enabled else None)
+        self.metrics: WorkerMetrics | None = (WorkerMetrics(worker_id, access_log=self.alog)
+                                              if config.metrics.enabled else None)
 
     # identify
     def geo_lookup(self, ip: str) -> Any:
@@ -43,6 +50,37 @@ class FeatureHooks(NodeHooks):
     def allowed_regions(self, ctx: "RequestContext") -> tuple[str, frozenset[str]] | None:
         return self.geo.allowed_regions(ctx.geo)
 
+    # log
+    def begin(self, ctx: "RequestContext") -> None:
+        if self.metrics is not None:
+            self.metrics.inflight += 1
+
+    def finished(self, node: "Node", ctx: "RequestContext") -> None:
+        if self.metrics is not None:
+            self.metrics.observe(ctx)
+        if self.alog is not None:
+            self.alog.log(ctx)
+
+    def drain_report(self, node: "Node") -> dict[str, Any]:
+        out: dict[str, Any] = {"backends": node.selector.report()}
+        if self.metrics is not None:
+            out["metrics"] = self.metrics.drain()
+        g = self.geo.db
+        if g is not None:
+            epochs = g.build_epochs
+            out["geoip"] = {"build_epoch": max(epochs.values()) if epochs else None,
+                            "reloads_ok": g.reloads_ok, "reloads_failed": g.reloads_failed}
+        return out
+
+    def control_message(self, node: "Node", msg: dict[str, Any]) -> None:
+        if msg.get("reopen_logs") and self.alog is not None:
+            self.alog.reopen()
+        if "eject" in msg:
+            node.selector.force(msg["eject"], ejected=True)
+        if "restore" in msg:
+            node.selector.force(msg["restore"], ejected=False)
+
+    # lifecycle
     def reconfigured(self, node: "Node", snapshot: "Snapshot") -> None:
         self.geo.configure(snapshot.config)
         self.strip_request_headers = self.geo.strip
@@ -50,9 +88,13 @@ class FeatureHooks(NodeHooks):
 
     def started(self, node: "Node") -> None:
         self.geo.start_watching()
+        if self.alog is not None:
+            self.alog.start(asyncio.get_running_loop())
 
     def stopped(self, node: "Node") -> None:
         self.geo.stop()
+        if self.alog is not None:
+            asyncio.get_running_loop().create_task(self.alog.close())
 
 
 def build_hooks(config: Config, worker_id: int) -> NodeHooks:

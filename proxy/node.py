@@ -216,6 +216,7 @@ class Node:
                              query.decode("latin-1"), ex.version, client_ip, down.client_port,
                              geo, [(ln, v) for ln, _n, v in ex.headers], down.listener.name)
         ex.ctx = ctx
+        self.hooks.begin(ctx)
         ex.req_head = build_upstream_head(
             ex, target, host, client_ip, down.trusted_peer, down.client_ip,
             down.listener.scheme, b"1.1 novaedge", rid.encode(),
@@ -223,10 +224,12 @@ class Node:
 
     def bare_context(self, down: Downstream, ex: Exchange) -> RequestContext:
         """A context for a request that failed before its head was understood."""
-        return RequestContext(self.next_request_id(), self.now(), ex.method or "-", "",
-                              b"".join(ex.url)[:200].decode("latin-1"), "", ex.version,
-                              down.client_ip or down.peer_ip, down.client_port, down.geo, [],
-                              down.listener.name)
+        ctx = RequestContext(self.next_request_id(), self.now(), ex.method or "-", "",
+                             b"".join(ex.url)[:200].decode("latin-1"), "", ex.version,
+                             down.client_ip or down.peer_ip, down.client_port, down.geo, [],
+                             down.listener.name)
+        self.hooks.begin(ctx)
+        return ctx
 
     # ------------------------------------------------------------------
     # protect -> route -> forward
@@ -345,8 +348,11 @@ class NodeHooks:
     def forward_headers(self, node: Node, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
         return []
 
+    def begin(self, ctx: RequestContext) -> None:
+        """A request head is complete (or failed): its context exists."""
+
     def finished(self, node: Node, ctx: RequestContext) -> None:
-        pass
+        """Exactly once per begun request, success or not."""
 
     def tick(self, node: Node, now: float) -> None:
         pass

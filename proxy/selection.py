@@ -71,5 +71,19 @@ class Selector:
         elif outcome == "ok":
             self.fails.pop(backend.id, None)
 
+    def force(self, backend_id: str, ejected: bool) -> None:
+        """An operator's eject/restore from the admin API."""
+        if ejected:
+            self.down_until[backend_id] = float("inf")
+        else:
+            self.down_until.pop(backend_id, None)
+
+    def report(self) -> dict[str, dict[str, object]]:
+        now = time.monotonic()
+        return {bid: {"healthy": self.down_until.get(bid, 0.0) <= now,
+                      "ejected": self.down_until.get(bid, 0.0) > now,
+                      "inflight": self.inflight.get(bid, 0), "latency_ms": None}
+                for bid in self.node.snapshot.backends}
+
     def explain(self, ctx: "RequestContext") -> str:
         return f"region={ctx.region}; backend={ctx.backend}; policy=local-first-rr"

@@ -32,6 +32,7 @@ class _Frozen(BaseModel):
 
 
 class AdminConfig(_Frozen):
+    enabled: bool = True
     listen: str = "127.0.0.1:9901"
     token: str | None = Field(None, min_length=MIN_TOKEN_LEN)
     token_env: str = "NOVAEDGE_ADMIN_TOKEN"

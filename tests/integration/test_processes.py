@@ -13,9 +13,11 @@ from tests.support.node import raw_exchange, statuses
 from tests.support.proc import free_port, node_process, write_config
 
 
-def config(port: int, routes: list[dict[str, Any]], pools: dict[str, Any], workers: int = 2) -> dict[str, Any]:
+def config(port: int, routes: list[dict[str, Any]], pools: dict[str, Any], workers: int = 2,
+           admin_port: int = 0) -> dict[str, Any]:
     return {"workers": workers, "listeners": [{"bind": f"127.0.0.1:{port}"}],
-            "pools": pools, "routes": routes}
+            "pools": pools, "routes": routes, "access_log": {"enabled": False},
+            "admin": {"listen": f"127.0.0.1:{admin_port}"}}
 
 
 async def get(port: int, path: str) -> tuple[int, bytes]:
@@ -131,5 +133,34 @@ async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             for _ in range(10):
                 assert (await get(port, "/x"))[0] == 200
+    finally:
+        await a.stop()
+
+
+async def test_one_scrape_gives_both_workers_requests(tmp_path: Path) -> None:
+    import aiohttp
+    a = await TestBackend.start("a")
+    port, admin = free_port(), free_port()
+    data = config(port, [{"name": "r", "pool": "pa"}], {"pa": {"regions": {"us-east-1": [a.address]}}},
+                  admin_port=admin)
+    data["access_log"] = {"path": str(tmp_path / "access.log")}
+    cfg = write_config(tmp_path / "n.yaml", data)
+    try:
+        async with node_process(["run", str(cfg)], tmp_path, port) as node:
+            n = 300
+            for i in range(0, n, 30):   # many connections: SO_REUSEPORT spreads them
+                await asyncio.gather(*(get(port, f"/m{j}") for j in range(i, i + 30)))
+            await asyncio.sleep(1.6)   # one report interval, plus margin
+            import json
+            lines = (tmp_path / "access.log").read_text().splitlines()
+            served_by = {json.loads(ln)["id"].split("-")[0] for ln in lines}
+            assert len(lines) == n and len(served_by) == 2   # both workers served
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                    text = await r.text()
+            total = sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                        if ln.startswith("novaedge_requests_total{"))
+            assert total == n
+            assert a.stats.requests == n
     finally:
         await a.stop()
