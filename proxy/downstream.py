@@ -43,6 +43,7 @@ class Downstream(asyncio.Protocol):
         "current", "parsing", "queue", "last_active", "head_started_at", "body_last",
         "tunnel", "held", "upgraded", "requests", "route_acl_memo", "closed",
         "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
+        "advancing", "eof_sent",
     )
 
     def __init__(self, node: "Node", listener: "Listener") -> None:
@@ -78,6 +79,8 @@ class Downstream(asyncio.Protocol):
         self.client_eof = False                  # the client half-closed after its last request
         self.linger_until = 0.0                  # closing: drain the client's input until then
         self.parsed = 0                          # request messages completely parsed
+        self.advancing = False                   # inside _advance (no recursion)
+        self.eof_sent = False                    # write_eof done: nothing more may be written
 
     # ------------------------------------------------------------------
     # connection
@@ -140,6 +143,16 @@ class Downstream(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.close_tunnel()
             self.tunnel = None
+        if self.deferred is not None:
+            # An error still owed to the client, who left first: log it anyway.
+            status, reason, failed = self.deferred
+            self.deferred = None
+            if failed is not None:
+                if failed.ctx is None:
+                    failed.ctx = self.node.bare_context(self, failed)
+                failed.ctx.status, failed.ctx.error = status, reason
+                failed.state = DONE
+                self.node.finish(failed.ctx)
         self.current = None
         self.queue.clear()
         self.node.connection_closed(self)
@@ -171,7 +184,7 @@ class Downstream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         t = self.transport
-        if t is not None and not self.closed:
+        if t is not None and not self.closed and not self.eof_sent:
             t.write(data)
 
     # ------------------------------------------------------------------
@@ -249,6 +262,8 @@ class Downstream(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
+            if isinstance(cause, _StopParsing):
+                return
             if isinstance(cause, Reject):
                 self._reject_connection(cause.status, cause.reason)
             else:
@@ -299,6 +314,8 @@ class Downstream(asyncio.Protocol):
     # httptools callbacks: buffer and signal
     # ------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.dead:
+            raise _StopParsing()   # closing: what follows in this read is not parsed
         ex = Exchange(self)
         self.parsing = ex
         if not self.head_started_at:
@@ -364,6 +381,10 @@ class Downstream(asyncio.Protocol):
         ex.method = parser.get_method().decode("ascii", "replace")
         ex.keep_alive = parser.should_keep_alive()
         self.node.head_complete(self, ex)   # validates; raises Reject on a bad head
+        if ex.declared_len <= 0 and not ex.chunked:
+            # No body: the message is complete now (on_message_complete comes after
+            # this returns), so an answer given during dispatch can keep the connection.
+            ex.body_complete = True
         if self.current is None:
             self._activate(ex)
         else:
@@ -402,20 +423,15 @@ class Downstream(asyncio.Protocol):
     def _activate(self, ex: Exchange) -> None:
         self.current = ex
         self.requests += 1
-        held = ex.pending_body
-        done = ex.body_complete
-        if held or (ex.state == WAITING and done):
-            ex.pending_body = []
-            ex.body_complete = False
+        held, ex.pending_body = ex.pending_body, []
         ex.state = WAITING
         self.node.dispatch(self, ex)
         # Replay what arrived for it while it waited in the pipeline queue.
-        if held:
-            for chunk in held:
-                if ex.state == DONE:
-                    break
-                ex.request_body(chunk)
-        if done and ex.state != DONE:
+        for chunk in held:
+            if ex.state == DONE:
+                break
+            ex.request_body(chunk)
+        if ex.body_complete and ex.state != DONE:
             ex.request_done()
 
     def keep_alive_after(self, ex: Exchange) -> bool:
@@ -442,6 +458,21 @@ class Downstream(asyncio.Protocol):
             self._close()
             return
         self.last_active = self.node.now()
+        if self.advancing:
+            return   # called from inside _advance (a synchronous answer): it goes on
+        self._advance()
+
+    def _advance(self) -> None:
+        """Start what comes next on a kept-alive connection. Iterative, not
+        recursive: thousands of pipelined requests answered synchronously (404s)
+        would otherwise nest response_finished -> dispatch -> response_finished."""
+        self.advancing = True
+        try:
+            self._advance_once()
+        finally:
+            self.advancing = False
+
+    def _advance_once(self) -> None:
         if self.upgraded:
             # The Upgrade was refused (no 101): bytes after its head are the next request.
             self.upgraded = False
@@ -523,9 +554,8 @@ class Downstream(asyncio.Protocol):
             if ex.state != DONE:
                 ex.cancel()
                 self.node.finish(ex.ctx)
-        if self.transport is not None and not self.closed:
-            head_only = ex is not None and ex.method == "HEAD"
-            self.transport.write(error_response(status, reason, rid, close=True, head_only=head_only))
+        head_only = ex is not None and ex.method == "HEAD"
+        self.write(error_response(status, reason, rid, close=True, head_only=head_only))
         self.dead = True
         self._close()
 
@@ -537,18 +567,19 @@ class Downstream(asyncio.Protocol):
         t = self.transport
         self.closing = True
         self.dead = True
-        if t is None or self.closed:
+        if t is None or self.closed or self.eof_sent:
+            return
+        if self.client_eof or not t.can_write_eof():
+            t.close()   # the client sent everything already (or TLS: no half-close)
             return
         self.paused.clear()
         try:
             t.resume_reading()
         except RuntimeError:
             pass
-        if t.can_write_eof():
-            t.write_eof()
-            self.linger_until = self.node.now() + LINGER_S
-        else:
-            t.close()
+        t.write_eof()
+        self.eof_sent = True
+        self.linger_until = self.node.now() + LINGER_S
 
     # ------------------------------------------------------------------
     # tunnels (WebSocket and other upgrades)
@@ -645,6 +676,10 @@ class Downstream(asyncio.Protocol):
                 and not self.closing:
             self.closing = True
             self.transport.close()
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop llhttp: the connection is closing."""
 
 
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",

@@ -52,7 +52,7 @@ class Exchange:
         "resp_out_chunked", "resp_close_after", "resp_complete", "resp_no_body",
         "resp_upgrade_at", "resp_raw_left", "want_upgrade", "tunnel_held", "max_body",
         "declared_len", "attempt_start", "reused", "last_failure", "resp_close_delimited",
-        "last_read", "resp_keep_alive", "out", "head_unflushed",
+        "last_read", "resp_keep_alive", "out", "head_unflushed", "pending_len",
     )
 
     def __init__(self, down: "Downstream") -> None:
@@ -116,6 +116,7 @@ class Exchange:
         self.resp_keep_alive = False         # read at headers-complete: llhttp resets it after
         self.out: list[bytes] = []           # response bytes parsed from one read, not yet written
         self.head_unflushed = False          # the response head is in `out`, not on the wire
+        self.pending_len = 0                 # bytes in pending_body (while connecting)
 
     # ------------------------------------------------------------------
     # request body, from the client
@@ -143,7 +144,8 @@ class Exchange:
             self.body_forwarded = True
         else:
             self.pending_body.append(chunk)
-            if sum(map(len, self.pending_body)) > BODY_HIGH_WATER:
+            self.pending_len += len(chunk)
+            if self.pending_len > BODY_HIGH_WATER:
                 self.down.pause_reading("connecting")
 
     def request_done(self) -> None:
@@ -232,6 +234,7 @@ class Exchange:
         if self.pending_body:
             t.write(self.req_head + b"".join(self.pending_body))
             self.pending_body = []
+            self.pending_len = 0
             self.body_forwarded = True
             self.down.resume_reading("connecting")
         else:
@@ -291,8 +294,14 @@ class Exchange:
             up.close()
         stale = self.reused and sent and reason == "upstream-reset-before-response"
         if self.backend is not None:
-            # A stale pooled connection says nothing about the backend's health.
-            outcome = "timeout" if status == 504 else "cancelled" if stale else "connect_error"
+            # A stale pooled connection or our own connection cap says nothing
+            # about the backend's health.
+            if status == 504:
+                outcome = "timeout"
+            elif stale or reason == "upstream-connection-limit":
+                outcome = "cancelled"
+            else:
+                outcome = "connect_error"
             self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, outcome)
             if stale:
                 # Most likely a keep-alive connection the backend had just timed
@@ -314,8 +323,13 @@ class Exchange:
         self.state = WAITING
         self.resp_parser = None
         self.resp_status = 0
+        self.resp_reason = b""
         self.resp_headers = []
         self.resp_complete = False
+        self.resp_keep_alive = False
+        self.resp_close_delimited = False
+        self.out = []
+        self.head_unflushed = False
         if self.replay is not None:
             body = b"".join(self.replay)
             pieces: list[bytes] = []
@@ -324,6 +338,7 @@ class Exchange:
             if self.body_complete and self.body_chunked_out:
                 pieces.append(b"0\r\n\r\n")
             self.pending_body = pieces
+            self.pending_len = sum(map(len, pieces))
         self.body_forwarded = False
 
     # ------------------------------------------------------------------

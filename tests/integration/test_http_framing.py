@@ -284,3 +284,28 @@ async def test_client_half_close_still_gets_its_response() -> None:
             assert await c.closed_within(2)
         finally:
             await c.close()
+
+
+async def test_node_answers_keep_the_connection_for_bodiless_requests() -> None:
+    routes = [{"name": "api", "pool": "default", "match": {"path_prefix": "/api"}}]
+    async with harness(routes=routes) as h:
+        raw = request("GET", "/nowhere") + request("GET", "/api/bytes/2") + request("GET", "/nowhere")
+        resps, _raw, closed = await exchange(h.port, raw, expect=3)
+        assert [r.status for r in resps] == [404, 200, 404]
+        assert not closed and not any(r.closes for r in resps)
+
+
+async def test_thousands_of_pipelined_requests() -> None:
+    """Answered synchronously (404) or proxied, in order, without recursion."""
+    routes = [{"name": "bytes", "pool": "default", "match": {"path_prefix": "/bytes"}}]
+    async with harness(routes=routes) as h:
+        paths = [f"/bytes/{i % 7 + 1}" if i % 3 else "/nowhere" for i in range(3000)]
+        raw = b"".join(request("GET", p) for p in paths)
+        resps, _raw, closed = await exchange(h.port, raw, expect=len(paths), timeout=20)
+        assert len(resps) == len(paths) and not closed
+        for p, r in zip(paths, resps):
+            if p == "/nowhere":
+                assert r.status == 404
+            else:
+                assert r.status == 200 and len(r.body) == int(p.rsplit("/", 1)[1])
+        assert h.backend.stats.requests == 2000

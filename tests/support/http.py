@@ -177,6 +177,7 @@ async def exchange(port: int, data: bytes | list[bytes], *, expect: int = 1,
                 await asyncio.sleep(gap)
         deadline = loop.time() + timeout
         settle_until: float | None = None
+        n_done = parsed_to = 0
         while True:
             now = loop.time()
             until = deadline if settle_until is None else min(deadline, settle_until)
@@ -191,8 +192,11 @@ async def exchange(port: int, data: bytes | list[bytes], *, expect: int = 1,
                 break
             raw += chunk
             if settle_until is None:
-                done, _rest = parse_responses(raw, methods, eof=False)
-                if len(done) >= expect:
+                # incremental: re-parsing everything per read is quadratic
+                done, rest = parse_responses(raw[parsed_to:], methods[n_done:] if methods else None, eof=False)
+                n_done += len(done)
+                parsed_to = len(raw) - len(rest)
+                if n_done >= expect:
                     settle_until = loop.time() + settle
     except (ConnectionResetError, BrokenPipeError):
         closed = True
