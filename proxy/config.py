@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .balance.config import PoolConfig, RegionPolicy
 from .observe.config import AccessLogConfig, AdminConfig, MetricsConfig
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -112,35 +113,6 @@ class ListenerConfig(Frozen):
         return _cidrs(v)
 
 
-class BackendConfig(Frozen):
-    address: str
-    weight: int = Field(1, ge=0, le=1000)
-    zone: str | None = None
-
-    @field_validator("address")
-    @classmethod
-    def _addr(cls, v: str) -> str:
-        parse_hostport(v)
-        return v
-
-
-def _backend_shorthand(v: Any) -> Any:
-    return {"address": v} if isinstance(v, str) else v
-
-
-class PoolConfig(Frozen):
-    # region name -> its backends ("host:port" or {address, weight, zone})
-    regions: dict[str, list[BackendConfig]]
-
-    @field_validator("regions", mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {r: [_backend_shorthand(b) for b in (bs or [])] if isinstance(bs, list) else bs
-                    for r, bs in v.items()}
-        return v
-
-
 Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
 
 
@@ -168,11 +140,18 @@ class RouteConfig(Frozen):
     name: str
     match: RouteMatch = RouteMatch()
     pool: str
-    policy: Literal["latency", "geo", "weighted", "failover"] = "latency"
+    # "latency" | "geo" | "weighted" | "failover", or the full form:
+    # {policy: failover, order: [...]} / {policy: weighted, weights: {...}} / {policy: latency, local_bias_ms: 20}
+    policy: RegionPolicy = RegionPolicy()
     regions: list[str] = []                           # candidate regions; empty: all of the pool's
     max_body_bytes: int | None = Field(None, ge=0)
     write: bool | None = None                         # None: writes are the non-idempotent methods
     retry_non_idempotent: bool = False                # only with an Idempotency-Key header
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_shorthand(cls, v: Any) -> Any:
+        return {"policy": v} if isinstance(v, str) else v
 
 
 class GeoHeaders(Frozen):
@@ -230,6 +209,9 @@ class Config(Frozen):
     upstream: UpstreamConfig = UpstreamConfig()
     pools: dict[str, PoolConfig] = {}
     routes: list[RouteConfig] = []
+    # Seed round-trip times between regions, in ms (gossip replaces them with
+    # measurements); pairs not given are estimated from distance.
+    latency_matrix: dict[str, dict[str, float]] = {}
     debug_headers: bool = False                       # X-NovaEdge-Decision on every response
     geoip: GeoIPConfig = GeoIPConfig()
     jurisdictions: dict[str, Jurisdiction] = {}

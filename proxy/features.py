@@ -79,6 +79,11 @@ class FeatureHooks(NodeHooks):
             node.selector.force(msg["eject"], ejected=True)
         if "restore" in msg:
             node.selector.force(msg["restore"], ejected=False)
+        if "active_health" in msg:
+            node.selector.set_active_health(msg["active_health"])
+        if "regions" in msg:
+            r = msg["regions"]
+            node.selector.update_regions(r.get("matrix"), r.get("remote_health"), r.get("service_ms"))
 
     # lifecycle
     def reconfigured(self, node: "Node", snapshot: "Snapshot") -> None:

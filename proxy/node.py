@@ -22,8 +22,9 @@ from .downstream import Downstream, Reject
 from .exchange import DONE, Exchange
 from .http11 import IDEMPOTENT, split_host
 from .request import build_upstream_head, check_head, client_from_xff
+from .balance.backend import BackendState as Backend
 from .selection import Selector
-from .snapshot import Backend, Snapshot, compile_snapshot
+from .snapshot import Snapshot, compile_snapshot
 from .upstream import BackendPool
 
 log = logging.getLogger("novaedge.node")
@@ -132,10 +133,11 @@ class Node:
         up = config.upstream
         for pool in self.pools.values():
             pool.configure(up.max_connections_per_backend, up.max_idle_per_backend, up.idle_timeout_s)
-        for bid in [b for b in self.pools if b not in snap.backends]:
-            self.pools.pop(bid).close_all()
         self.snapshot = snap
         self.selector.reconfigured()
+        live = self.selector.backend_ids()
+        for bid in [b for b in self.pools if b not in live]:
+            self.pools.pop(bid).close_all()
         self.hooks.reconfigured(self, snap)
 
     async def drain(self, deadline_s: float | None = None) -> None:
@@ -280,6 +282,7 @@ class Node:
         down.response_finished(ex, close=close)
 
     def choose_backend(self, ctx: RequestContext, exclude: set[str]) -> Backend | tuple[int, str]:
+        # Backend: proxy.balance.BackendState (id, region, host, port, live stats)
         return self.selector.pick(ctx, exclude)
 
     def pool_for(self, backend: Backend) -> BackendPool:

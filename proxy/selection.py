@@ -1,89 +1,128 @@
-"""Route -> region -> backend, for the data plane.
+"""Route -> region -> backend, for the data plane: a thin adapter over the
+pure cores in proxy/balance.
 
-This adapter owns the process-lifetime selection state and delegates to the
-pure cores in proxy/balance when they are configured; the fallback here is
-local-first round robin that skips backends with recent connect failures.
+Process-lifetime state (the Cluster's backend states with their EWMAs,
+ejections and health; the RegionView's matrix and remote health) survives
+reloads: `reconfigured` re-applies the pools and recompiles one Plan per
+route. The hot path is `pick`: synchronous, no I/O.
 """
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .balance import Cluster, Decision, Plan, RegionPolicy, RegionView, affinity_key, explain
+from .balance import Selector as BalanceSelector
+from .balance import load_catalogue
+from .balance.backend import BackendState
+from .balance.cluster import on_done, on_start
+from .config import REPO_CONFIG_DIR
 
 if TYPE_CHECKING:
     from .context import RequestContext
     from .node import Node
-    from .snapshot import Backend
+
+_CATALOGUE = load_catalogue(REPO_CONFIG_DIR / "regions.yaml")
+_OUTCOMES = frozenset({"ok", "5xx", "connect_error", "timeout"})
 
 
 class Selector:
     def __init__(self, node: "Node") -> None:
         self.node = node
-        self.rr: dict[tuple[str, str], int] = {}
-        self.down_until: dict[str, float] = {}
-        self.fails: dict[str, int] = {}
-        self.inflight: dict[str, int] = {}
+        self.cluster = Cluster()
+        self.view = RegionView(node.snapshot.config.node.region, _CATALOGUE)
+        self.balancer = BalanceSelector(self.cluster, self.view)
+        self.plans: dict[str, Plan] = {}
+        self.reconfigured()
 
     def reconfigured(self) -> None:
-        pass
+        cfg = self.node.snapshot.config
+        if cfg.node.region != self.view.local:
+            self.view = RegionView(cfg.node.region, _CATALOGUE)
+            self.balancer = BalanceSelector(self.cluster, self.view)
+        if cfg.latency_matrix:
+            self.view.update_matrix(cfg.latency_matrix)
+        self.cluster.apply(cfg.pools, time.monotonic())
+        plans = {}
+        for rc in cfg.routes:
+            policy: RegionPolicy = rc.policy
+            if rc.regions and policy.regions is None and policy.policy in ("latency", "geo"):
+                policy = policy.model_copy(update={"regions": list(rc.regions)})
+            plans[rc.name] = self.balancer.plan(rc.pool, policy)
+        self.plans = plans
 
-    def _region_order(self, ctx: "RequestContext") -> list[str]:
-        route = ctx.route
-        local = self.node.snapshot.config.node.region
-        regions = list(route.regions)
-        if local in regions:
-            regions.remove(local)
-            regions.insert(0, local)
-        return regions
+    def backend_ids(self) -> set[str]:
+        return {b.id for b in self.cluster.backends()}
 
-    def pick(self, ctx: "RequestContext", exclude: set[str]) -> "Backend | tuple[int, str]":
-        snap = self.node.snapshot
-        route = ctx.route
-        pool = snap.pool_regions.get(route.pool, {})
-        now = time.monotonic()
+    # -- hot path ------------------------------------------------------
+    def pick(self, ctx: "RequestContext", exclude: set[str]) -> "BackendState | tuple[int, str]":
+        plan = self.plans[ctx.route.name]
         residency = self.node.hooks.allowed_regions(ctx)
-        regions = self._region_order(ctx)
-        if residency is not None:
-            regions = [r for r in regions if r in residency[1]]
-        for region in regions:
-            backends = [b for b in pool.get(region, ()) if b.id not in exclude
-                        and self.down_until.get(b.id, 0.0) <= now and b.weight > 0]
-            if not backends:
-                continue
-            k = (route.pool, region)
-            i = self.rr.get(k, 0)
-            self.rr[k] = i + 1
-            return backends[i % len(backends)]
-        if residency is not None:
-            return (503, f"no healthy region within jurisdiction {residency[0]}")
-        return (503, "no backend available") if not exclude else (502, "all backends failed")
+        allowed, jurisdiction = (residency[1], residency[0]) if residency else (None, None)
+        key = affinity_key(plan.affinity, ctx) if plan.affinity is not None else None
+        geo = ctx.geo
+        latlon = (geo.lat, geo.lon) if geo is not None and geo.lat is not None else None
+        d = self.balancer.pick(plan, allowed, key, latlon, exclude or None, time.monotonic(),
+                               jurisdiction)
+        b = d.backend
+        if b is None:
+            return (503, d.reason or "no backend available")
+        if b.id in exclude:
+            return (502, "every backend failed")
+        ctx.policy_note = d
+        return b
 
-    def on_start(self, backend: "Backend") -> None:
-        self.inflight[backend.id] = self.inflight.get(backend.id, 0) + 1
+    def on_start(self, backend: Any) -> None:
+        on_start(backend)
 
-    def on_done(self, backend: "Backend", latency: float, outcome: str) -> None:
-        self.inflight[backend.id] = self.inflight.get(backend.id, 1) - 1
-        if outcome == "connect_error":
-            n = self.fails.get(backend.id, 0) + 1
-            self.fails[backend.id] = n
-            if n >= 3:
-                self.down_until[backend.id] = time.monotonic() + 5.0
-                self.fails[backend.id] = 0
-        elif outcome == "ok":
-            self.fails.pop(backend.id, None)
-
-    def force(self, backend_id: str, ejected: bool) -> None:
-        """An operator's eject/restore from the admin API."""
-        if ejected:
-            self.down_until[backend_id] = float("inf")
+    def on_done(self, backend: Any, latency: float, outcome: str) -> None:
+        if outcome in _OUTCOMES:
+            on_done(backend, latency, outcome, time.monotonic())
         else:
-            self.down_until.pop(backend_id, None)
+            # The client went away: no verdict on the backend, but it is no longer busy.
+            backend.in_flight -= 1
+            if backend.pool is not None:
+                backend.pool.in_flight -= 1
+
+    # -- control plane inputs --------------------------------------------
+    def force(self, backend_id: str, ejected: bool) -> None:
+        """An operator's eject/restore from the admin API (an active-health override)."""
+        now = time.monotonic()
+        for b in self.cluster.backends():
+            if b.id == backend_id:
+                self.cluster.set_active_health(b.pool_name, b.id, not ejected, now)
+
+    def set_active_health(self, updates: dict[tuple[str, str], bool]) -> None:
+        now = time.monotonic()
+        for (pool, bid), healthy in updates.items():
+            self.cluster.set_active_health(pool, bid, healthy, now)
+
+    def update_regions(self, matrix: dict[str, dict[str, float]] | None,
+                       remote_health: dict[str, bool] | None,
+                       service_ms: dict[str, float] | None) -> None:
+        if matrix:
+            self.view.update_matrix(matrix)
+        if remote_health is not None:
+            self.view.update_remote_health(remote_health)
+        if service_ms:
+            self.view.update_service_times(service_ms)
 
     def report(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
         now = time.monotonic()
-        return {bid: {"healthy": self.down_until.get(bid, 0.0) <= now,
-                      "ejected": self.down_until.get(bid, 0.0) > now,
-                      "inflight": self.inflight.get(bid, 0), "latency_ms": None}
-                for bid in self.node.snapshot.backends}
+        for b in self.cluster.backends():
+            out[b.id] = {"healthy": bool(b.up), "ejected": b.ejected_until > now or not b.active_ok,
+                         "inflight": b.in_flight,
+                         "latency_ms": round(b.ewma_ms, 2) if b.samples else None}
+        return out
+
+    def local_health(self) -> tuple[int, int]:
+        local = self.view.local
+        bs = [b for b in self.cluster.backends() if b.region == local]
+        return sum(1 for b in bs if b.up), len(bs)
 
     def explain(self, ctx: "RequestContext") -> str:
-        return f"region={ctx.region}; backend={ctx.backend}; policy=local-first-rr"
+        d = ctx.policy_note
+        if isinstance(d, Decision):
+            return explain(d)
+        return f"region={ctx.region}; backend={ctx.backend}"

@@ -206,7 +206,7 @@ class PoolConfig(_Frozen):
 
     regions: dict[str, list[BackendSpec]]
     balance: BalanceConfig = BalanceConfig()
-    health_check: HealthCheckConfig | None = HealthCheckConfig()
+    health_check: HealthCheckConfig | None = None   # active checks only when configured
     outlier: OutlierConfig = OutlierConfig()
     slow_start: SlowStartConfig = SlowStartConfig()
     panic: PanicThreshold = PanicThreshold()
@@ -218,8 +218,8 @@ class PoolConfig(_Frozen):
             raise ValueError("a pool needs at least one region")
         for name, backends in v.items():
             check_region_name(name)
-            if not backends:
-                raise ValueError(f"region {name!r} has no backends")
+            # An empty list is allowed: a region being built out, or emptied to
+            # drain it; it is simply never chosen (requests get a clear 503).
             seen = [b.address for b in backends]
             if len(set(seen)) != len(seen):
                 raise ValueError(f"region {name!r} lists a backend twice")
