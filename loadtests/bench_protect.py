@@ -325,7 +325,7 @@ def bench_memory() -> None:
 def _worker(table: GcraTable, key: int, rate: float, burst: int, start: float, secs: float,
             q: Any) -> None:
     admitted = offered = 0
-    interval, tau = 1.0 / rate, burst / rate
+    interval, tau = 1.0 / rate, burst / rate + 1e-9
     while time.monotonic() < start:
         pass
     end = start + secs

@@ -32,7 +32,7 @@ class ClientState:
             self.n, self.v6, self.valid = 0, False, False
         self.acl_memo: dict[Acl, bool] = {}
         self.keys: dict[int, int] = {}
-        self._prefixes: dict[tuple[int, int], str] = {}
+        self._prefixes: dict[tuple[int, int], str] | None = None   # made on first use
         # The detector's prefix key, for the detector config object it was
         # computed for (the engine checks identity: a reload recomputes it).
         self.dprefix = ""
@@ -61,6 +61,8 @@ class ClientState:
 
     def prefix(self, p4: int, p6: int) -> str:
         """The client's network as text, e.g. '203.0.113.0/24' (detector key)."""
+        if self._prefixes is None:
+            self._prefixes = {}
         s = self._prefixes.get((p4, p6))
         if s is None:
             if not self.valid:
