@@ -530,7 +530,9 @@ class Exchange:
                 out.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.resp_close_after = True
-        if self.resp_close_after or not self.down.keep_alive_after(self):
+        # A response that starts before the request body has all arrived (an early
+        # 403/413 from the backend) ends the connection: say so.
+        if self.resp_close_after or not self.body_complete or not self.down.keep_alive_after(self):
             self.resp_close_after = True
             out.append(b"Connection: close\r\n")
         elif not client_11:

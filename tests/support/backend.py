@@ -18,6 +18,7 @@ Behaviour by path (query arguments in brackets):
   /sink                  reads the body without hashing it (fast for 1 GiB), answers its length
                          [?stall_every=BYTES&stall_ms=MS: stop reading for MS after every BYTES]
   /stall                 a head promising 100 bytes, 10 of them, then nothing
+  /truncate/KIND         a head (KIND: length | chunked), part of the body, then a close
   /early/N               answers N at once, before reading the request body
   /hop                   a response carrying hop-by-hop fields (and X-End: 1, which is not)
   /twice                 two responses to one request (the second says "extra")
@@ -216,6 +217,15 @@ class _Conn(asyncio.Protocol):
         if kind == b"twice":
             self._send(self._head(200, [b"Content-Length: 5"], True) + b"first"
                        + self._head(200, [b"Content-Length: 5"], True) + b"extra")
+            return
+        if kind == b"truncate":
+            if arg == b"chunked":
+                self._send(self._head(200, [b"Transfer-Encoding: chunked"], keep) + b"a\r\n0123456789\r\n5\r\nab")
+            else:
+                self._send(self._head(200, [b"Content-Length: 100"], keep) + b"t" * 10)
+            await asyncio.sleep(0.05)
+            if self.t is not None:
+                self.t.close()
             return
         if kind == b"stall":
             self._send(self._head(200, [b"Content-Length: 100"], keep) + b"s" * 10)
