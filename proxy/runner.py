@@ -58,17 +58,46 @@ async def _start_worker(config: Config, worker_id: int, reuse_port: bool,
     return node, agent
 
 
+class Stack:
+    """Control plane and one worker on one loop: the single-process node
+    (and what integration tests run in their own loop)."""
+
+    def __init__(self, config: Config, config_path: str | None = None,
+                 hooks_factory: HooksFactory = _default_hooks,
+                 services: ControlFactory = _default_services) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.hooks_factory = hooks_factory
+        self.control = ControlPlane(config, config_path)
+        services(self.control)
+        self.stop_event = asyncio.Event()
+        self.node: Node | None = None
+        self.agent: WorkerAgent | None = None
+
+    async def start(self) -> Node:
+        c_end, w_end = InlineChannel.pair()
+        c_end.handler = lambda msg: self.control.on_message(0, msg)
+        self.control.attach(0, c_end)
+        self.node, self.agent = await _start_worker(self.config, 0, False, self.hooks_factory,
+                                                    w_end, self.stop_event)
+        await self.control.start()
+        return self.node
+
+    async def stop(self, deadline_s: float | None = None) -> None:
+        self.control.draining = True
+        await self.control.stop()
+        if self.agent is not None:
+            self.agent.stop()
+        if self.node is not None:
+            await self.node.drain(deadline_s)
+
+
 async def _single(config: Config, config_path: str | None, hooks_factory: HooksFactory,
                   services: ControlFactory) -> int:
     loop = asyncio.get_running_loop()
-    control = ControlPlane(config, config_path)
-    services(control)
-    c_end, w_end = InlineChannel.pair()
-    c_end.handler = lambda msg: control.on_message(0, msg)
-    control.attach(0, c_end)
-    stop = asyncio.Event()
-    node, agent = await _start_worker(config, 0, False, hooks_factory, w_end, stop)
-    await control.start()
+    stack = Stack(config, config_path, hooks_factory, services)
+    await stack.start()
+    control, stop = stack.control, stack.stop_event
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: control.reload("SIGHUP"))
@@ -79,10 +108,7 @@ async def _single(config: Config, config_path: str | None, hooks_factory: HooksF
     stopper.cancel()
     waiter.cancel()
     log.info("draining")
-    control.draining = True
-    await control.stop()
-    agent.stop()
-    await node.drain()
+    await stack.stop()
     return 0
 
 

@@ -181,6 +181,53 @@ class MetricsService:
         pass
 
 
+class HealthService:
+    """Active health checks, once per node: results go to every worker.
+
+    A control-side Cluster only knows the targets; the workers' Clusters
+    hold the state that routing reads. A worker that starts later gets the
+    full current picture with its first message.
+    """
+
+    def __init__(self) -> None:
+        from .balance import Cluster
+        from .balance.checker import HealthChecker
+        self.cluster = Cluster()
+        self.checker = HealthChecker(self._changed)
+        self.state: dict[tuple[str, str], bool] = {}
+        self.control: ControlPlane | None = None
+
+    def _changed(self, key: Any, healthy: bool) -> None:
+        self.state[key] = healthy
+        if self.control is not None:
+            self.control.broadcast({"active_health": {key: healthy}})
+
+    def on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
+        if "hello" in msg and self.control is not None and self.state:
+            ch = self.control.workers.get(worker_id)
+            if ch is not None:
+                ch.send({"active_health": dict(self.state)})
+
+    async def start(self, control: ControlPlane) -> None:
+        self.control = control
+        self.reconfigured(control.config)
+
+    def reconfigured(self, config: Config) -> None:
+        self.cluster.apply(config.pools, time.monotonic())
+        targets = self.cluster.health_targets()
+        self.state = {k: v for k, v in self.state.items() if k in targets}
+        self.checker.sync(targets)
+
+    async def stop(self) -> None:
+        await self.checker.close()
+
+    def local_health(self, region: str) -> tuple[int, int]:
+        """(healthy, total) backends of `region` by active checks (all, if unchecked)."""
+        bs = [b for b in self.cluster.backends() if b.region == region]
+        up = sum(1 for b in bs if self.state.get((b.pool_name, b.id), True))
+        return up, len(bs)
+
+
 def install_services(control: ControlPlane) -> ControlView:
     metrics = MetricsAggregator()
     view = ControlView(control, metrics)
@@ -188,6 +235,9 @@ def install_services(control: ControlPlane) -> ControlView:
     control.message_hooks.append(ms.on_message)
     control.detach_hooks.append(metrics.forget_worker)
     control.services.append(ms)
+    hs = HealthService()
+    control.services.append(hs)
+    control.message_hooks.append(hs.on_message)
     if control.config.admin.enabled:
         control.services.append(AdminService(view))
     control.view = view  # type: ignore[attr-defined]

@@ -115,6 +115,12 @@ class RegionPool:
         for b in self.backends:
             was = b.up
             if b.refresh_up() and not was:
+                # Back from an ejection or failed checks: if its latency estimate
+                # is the failure penalty, its region would look slow forever (no
+                # traffic, so no new samples). Start it fresh instead.
+                if b.ewma_ms >= self.cfg.balance.failure_penalty_ms:
+                    b.samples = 0
+                    b.ewma_ms = self.cfg.balance.initial_latency_ms
                 self._start_slow(b, now)
         healthy = [b for b in self.backends if b.up]
         n_all = len(self.backends)

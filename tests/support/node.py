@@ -86,3 +86,15 @@ def statuses(raw: bytes) -> list[int]:
 
 def complete_responses(raw: bytes) -> bool:
     return b"\r\n\r\n" in raw
+
+
+@contextlib.asynccontextmanager
+async def run_stack(config: Config) -> AsyncIterator[Any]:
+    """The whole single-process node (control plane + worker) in this loop."""
+    from proxy.runner import Stack
+    stack = Stack(config)
+    await stack.start()
+    try:
+        yield stack
+    finally:
+        await stack.stop(0.5)
