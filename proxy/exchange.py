@@ -188,7 +188,7 @@ class Exchange:
         # A retry after a pooled connection failed uses a fresh one: the others
         # in the pool are as old, and may be as dead.
         fresh_only = ctx.retries > 0 and self.reused
-        conn = None if fresh_only else pool.take_idle()
+        conn = None if fresh_only else pool.take_idle(self.attempt_start)
         self.reused = conn is not None
         if conn is not None:
             self._attach(conn)
@@ -383,8 +383,13 @@ class Exchange:
             self._bad_response(str(e))
             return
         self._flush()
-        if self.resp_complete and self.state != DONE:
-            self._response_done()
+        if self.resp_complete:
+            if self.state != DONE:
+                self._response_done()
+        elif self.resp_head_sent and self.timer is None:
+            # The body goes on past this read: bound the gaps between reads with
+            # the same timeout (not armed for responses that end in one read).
+            self._arm_response_timer()
 
     def _flush(self) -> None:
         out = self.out
@@ -463,9 +468,6 @@ class Exchange:
         self.head_unflushed = True
         if self.resp_no_body:
             self.resp_complete = True
-        else:
-            # Bound the gaps between body reads with the same timeout.
-            self._arm_response_timer()
 
     def on_body(self, body: bytes) -> None:
         if not body:

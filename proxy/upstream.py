@@ -141,11 +141,14 @@ class BackendPool:
     def configure(self, max_conns: int, max_idle: int, idle_timeout: float) -> None:
         self.max_conns, self.max_idle, self.idle_timeout = max_conns, max_idle, idle_timeout
 
-    def take_idle(self) -> UpstreamConnection | None:
+    def take_idle(self, now: float = 0.0) -> UpstreamConnection | None:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if conn.usable() and not conn.peer_closed():
+            # The kernel check costs ~3.4 us through uvloop's socket wrapper: only
+            # for connections idle long enough for a backend to have timed them out
+            # (under load they are reused within milliseconds).
+            if conn.usable() and (now - conn.idle_since < STALE_CHECK_AFTER_S or not conn.peer_closed()):
                 self.busy.add(conn)
                 self.reused += 1
                 return conn
@@ -206,6 +209,7 @@ class BackendPool:
 
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)   # Linux; elsewhere no check
 _TCP_ESTABLISHED = 1                                        # tcpi_state, linux/tcp_states.h
+STALE_CHECK_AFTER_S = 0.1
 
 
 def monotonic() -> float:

@@ -123,7 +123,7 @@ async def test_stale_pooled_connection_is_not_used() -> None:
         for c in list(h.backend.conns):
             assert c.t is not None
             c.t.close()                         # ...which the backend sends now
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
         r = await h.get("/", method="POST", body=b"data")
         assert r.status == 200 and json.loads(r.body)["body_len"] == 4
         assert h.backend.stats.requests == 2 and h.backend.stats.connections == 2
