@@ -186,6 +186,8 @@ class Membership:
         self.awareness = Awareness(cfg.awareness_max_multiplier)
         self.outbox: list[Action] = []
         self.changes = 0  # bumped on every member state change: views cache on it
+        # transitions this node made, for metrics and the simulation's false-positive count
+        self.stats = {"suspected": 0, "declared_dead": 0, "refuted": 0}
         self.leaving = False
         self._live = _LiveSet()
         self._suspicions: dict[str, Suspicion] = {}
@@ -364,6 +366,10 @@ class Membership:
         self.queue.queue(("m", d.name), encode_message(Dead.TYPE, d.payload()))
 
     def _transition(self, m: Member, state: MemberState, now: float) -> None:
+        if state == MemberState.SUSPECT:
+            self.stats["suspected"] += 1
+        elif state == MemberState.DEAD:
+            self.stats["declared_dead"] += 1
         m.state = state
         m.state_change = now
         self.changes += 1
@@ -378,6 +384,7 @@ class Membership:
             self._live.discard(m.name)
 
     def _refute(self, accused_incarnation: int) -> None:
+        self.stats["refuted"] += 1
         self.local.incarnation = max(self.local.incarnation, accused_incarnation) + 1
         self._queue_alive(self.local)
 

@@ -59,7 +59,7 @@ def region_one_way_s(coords: dict[str, tuple[float, float]]) -> Callable[[str, s
 
 
 class SimCluster:
-    def __init__(self, regions: tuple[str, ...] | list[str], nodes_per_region: int, *, seed: int = 1,
+    def __init__(self, regions: tuple[str, ...] | list[str], n_nodes: int, *, seed: int = 1,
                  loss: float = 0.0, jitter: float = 0.05, config: dict[str, Any] | None = None,
                  one_way_s: Callable[[str, str], float] | None = None) -> None:
         self.rng = random.Random(seed)
@@ -72,7 +72,8 @@ class SimCluster:
         self.overrides = dict(config or {})
         self.nodes: dict[str, GossipNode] = {}
         self.addr: dict[str, str] = {}
-        names = [f"{r}-{i}" for i in range(nodes_per_region) for r in self.regions]
+        # round-robin over regions: node k is in regions[k % len(regions)]
+        names = [f"{self.regions[k % len(self.regions)]}-{k // len(self.regions)}" for k in range(n_nodes)]
         for idx, name in enumerate(names):
             self.addr[name] = f"10.{idx // 250}.{idx % 250}.1:7946"
             self.region_of[self.addr[name]] = name.rsplit("-", 1)[0]
