@@ -473,18 +473,23 @@ class Downstream(asyncio.Protocol):
             self.advancing = False
 
     def _advance_once(self) -> None:
-        if self.upgraded:
-            # The Upgrade was refused (no 101): bytes after its head are the next request.
-            self.upgraded = False
-            self.parser = httptools.HttpRequestParser(self)
-            held, self.held = self.held, []
-            self.resume_reading("upgrade-held")
-            for chunk in held:
-                if self.closed or self.closing or self.dead:
-                    break
-                self.data_received(chunk)
-        while self.current is None and self.queue and not self.closing:
-            self._activate(self.queue.popleft())
+        while True:
+            while self.current is None and self.queue and not self.closing:
+                self._activate(self.queue.popleft())
+            if self.current is None and not self.queue and self.upgraded \
+                    and not (self.closed or self.closing or self.dead):
+                # The Upgrade request (always the last one parsed: llhttp stops
+                # after it) was answered without a 101: what follows is HTTP again.
+                self.upgraded = False
+                self.parser = httptools.HttpRequestParser(self)
+                held, self.held = self.held, []
+                self.resume_reading("upgrade-held")
+                for chunk in held:
+                    if self.closed or self.closing or self.dead:
+                        break
+                    self.data_received(chunk)
+                continue
+            break
         if self.current is None and not self.closing and not self.closed:
             if self.deferred is not None:
                 status, reason, failed = self.deferred

@@ -159,6 +159,13 @@ CASES: list[Case] = [
     C("http-lowercase", req(b"GET / http/1.1"), [400], 0),                   # 9112 2.3: case-sensitive
     C("version-trailing-space", req(b"GET / HTTP/1.1 "), [400], 0),
     C("tab-separator", req(b"GET\t/ HTTP/1.1"), [400], 0),
+    C("tab-before-version", req(b"GET / \tHTTP/1.1"), [400], 0),
+    C("leading-space-before-method", b" " + get(), [400], 0),
+    # 9112 3: recipients MAY parse on whitespace boundaries. Accepted (not strict)
+    # on purpose: llhttp cannot report it, and it is harmless here because the node
+    # re-generates the request line, so no second recipient ever sees the spaces.
+    C("double-space-after-method", req(b"GET  / HTTP/1.1"), [200], 1, backend_target_is("/")),
+    C("double-space-before-version", req(b"GET /  HTTP/1.1"), [200], 1, backend_target_is("/")),
     C("space-in-target", req(b"GET /a b HTTP/1.1"), [400], 0),
     C("fragment-in-target", req(b"GET /a#frag HTTP/1.1"), [400], 0),         # 9112 3.2: no fragment
     C("nul-in-target", req(b"GET /a\x00b HTTP/1.1"), [400], 0),

@@ -126,3 +126,19 @@ async def test_upgrade_request_headers_forwarded_end_to_end() -> None:
         assert got["sec-websocket-protocol"] == "chat"
         assert got["connection"].lower() == "upgrade" and got["upgrade"] == "websocket"
         assert json.dumps(got)   # and nothing unserializable slipped in
+
+
+async def test_upgrade_pipelined_behind_another_request() -> None:
+    async with harness() as h:
+        c = await RawClient.connect(h.port)
+        try:
+            await c.send(request("GET", "/slow/100") + request("GET", "/ws", headers=WS) + b"tunnel-bytes")
+            (first,) = await c.responses(1)
+            assert first.status == 200
+            head = await c.read_until(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            # the bytes after the upgrade request belong to the tunnel, not to HTTP
+            assert await c.read_until(b"tunnel-bytes") == b"tunnel-bytes"
+        finally:
+            await c.close()
+        assert h.backend.stats.paths == ["/slow/100"]   # /ws is a tunnel, not a finished request
