@@ -309,3 +309,52 @@ async def test_thousands_of_pipelined_requests() -> None:
             else:
                 assert r.status == 200 and len(r.body) == int(p.rsplit("/", 1)[1])
         assert h.backend.stats.requests == 2000
+
+
+def random_pipeline(rng: "random.Random") -> tuple[list[bytes], list[tuple[str, str, bytes]]]:
+    """A random pipeline of requests (bodies by length or chunked, odd chunk
+    sizes and extensions), cut into random TCP segments."""
+    reqs: list[tuple[str, str, bytes]] = []
+    wire = b""
+    for _ in range(rng.randint(1, 8)):
+        method = rng.choice(["GET", "GET", "HEAD", "POST", "PUT", "DELETE"])
+        path = rng.choice(["/", "/", f"/bytes/{rng.randint(0, 20000)}", f"/chunked/{rng.randint(1, 40000)}"])
+        body = rng.randbytes(rng.choice([0, 1, 100, 5000, 70000])) if method in ("POST", "PUT") else b""
+        if method == "HEAD" or body == b"":
+            wire += request(method, path)
+        elif rng.random() < 0.5:
+            wire += request(method, path, body=body)
+        else:
+            pieces, i = [], 0
+            while i < len(body):
+                n = rng.randint(1, 9000)
+                ext = rng.choice([b"", b";x=1", b';q="a b"'])
+                pieces.append(b"%x%b\r\n%b\r\n" % (len(body[i:i + n]), ext, body[i:i + n]))
+                i += n
+            wire += request(method, path, headers=[("Transfer-Encoding", "chunked")]) + b"".join(pieces) + b"0\r\n\r\n"
+        reqs.append((method, path, body))
+    cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(0, 12))))
+    segments = [wire[a:b] for a, b in zip([0] + cuts, cuts + [len(wire)])]
+    return segments, reqs
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_random_pipelines(seed: int) -> None:
+    import random
+    rng = random.Random(seed)
+    segments, reqs = random_pipeline(rng)
+    async with harness() as h:
+        resps, _raw, closed = await exchange(h.port, segments, expect=len(reqs), methods=[m for m, _p, _b in reqs],
+                                             gap=rng.choice([0.0, 0.002]), timeout=10)
+        assert len(resps) == len(reqs) and not closed
+        for (method, path, body), r in zip(reqs, resps):
+            assert r.status == 200, (method, path)
+            if method == "HEAD":
+                assert r.body == b""
+            elif path == "/":
+                doc = echo(r.body)
+                assert (doc["method"], doc["body_len"], doc["body_sha256"]) == \
+                    (method, len(body), hashlib.sha256(body).hexdigest())
+            else:
+                assert len(r.body) == int(path.rsplit("/", 1)[1])
+        assert h.backend.stats.paths == [p for _m, p, _b in reqs]
