@@ -8,6 +8,9 @@ each field named in Connection) and sets the forwarding fields itself.
 """
 from __future__ import annotations
 
+import ipaddress
+from typing import Callable
+
 import httptools
 
 from .downstream import Reject
@@ -152,21 +155,37 @@ def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str
 _KEEP = frozenset({b"host", b"x-forwarded-for", b"via"})
 
 
-def client_from_xff(ex: Exchange, peer_ip: str, is_trusted: "object") -> str:
-    """The rightmost address in X-Forwarded-For that is not a trusted proxy."""
+def client_from_xff(ex: Exchange, peer_ip: str, is_trusted: Callable[[str], bool]) -> str:
+    """The rightmost address in X-Forwarded-For that is not a trusted proxy.
+
+    Walks right to left from the (trusted) peer; an entry that is not an IP
+    address ends the walk at the last good hop: a broken or forged chain never
+    becomes the client address (nor a GeoIP key)."""
     chain: list[str] = []
     for ln, _n, v in ex.headers:
         if ln == b"x-forwarded-for":
             chain.extend(p.strip() for p in v.decode("latin-1").split(","))
     client = peer_ip
-    check = is_trusted  # callable(ip) -> bool
-    for addr in reversed(chain):
-        if not addr:
+    for entry in reversed(chain):
+        addr = _ip_of(entry)
+        if addr is None:
             break
         client = addr
-        if not check(addr):  # type: ignore[operator]
+        if not is_trusted(addr):
             break
     return client
+
+
+def _ip_of(entry: str) -> str | None:
+    """'1.2.3.4', '1.2.3.4:80', '2001:db8::1', '[2001:db8::1]:80' -> the address."""
+    if entry.startswith("["):
+        entry = entry[1:entry.find("]")] if "]" in entry else ""
+    elif entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
 
 
 __all__ = ["check_head", "build_upstream_head", "client_from_xff", "split_host"]

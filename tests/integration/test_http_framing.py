@@ -258,6 +258,12 @@ async def test_forwarding_headers_from_a_trusted_proxy() -> None:
         # rightmost address that is not a trusted proxy.
         assert hdr(doc, "x-forwarded-for") == ["203.0.113.7, 198.51.100.1, 127.0.0.5"]
         assert hdr(doc, "x-real-ip") == ["198.51.100.1"]
+        # A chain whose next hop is not an address stops at the last good hop.
+        resps, _raw, _closed = await exchange(
+            h.port, request("GET", "/", headers=[("X-Forwarded-For", "203.0.113.7, <script>")]),
+            local_addr=("127.0.0.5", 0))
+        doc = echo(resps[0].body)
+        assert hdr(doc, "x-real-ip") == ["127.0.0.5"]
         # The same header from an address that is not trusted is replaced.
         resps, _raw, _closed = await exchange(
             h.port, request("GET", "/", headers=[("X-Forwarded-For", "203.0.113.7")]),
