@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .node import Backend, Node
 
 REPLAY_LIMIT = 64 * 1024      # request body kept for a safe retry
+UPSTREAM_HEAD_LIMIT = 64 * 1024   # a backend's response head (or trailers): 502 beyond
 BODY_HIGH_WATER = 256 * 1024  # buffered body while connecting: pause the client past this
 
 # Exchange.state
@@ -53,6 +54,7 @@ class Exchange:
         "resp_upgrade_at", "resp_raw_left", "want_upgrade", "tunnel_held", "max_body",
         "declared_len", "attempt_start", "reused", "last_failure", "resp_close_delimited",
         "last_read", "resp_keep_alive", "out", "head_unflushed", "pending_len",
+        "resp_head_bytes",
     )
 
     def __init__(self, down: "Downstream") -> None:
@@ -117,6 +119,7 @@ class Exchange:
         self.out: list[bytes] = []           # response bytes parsed from one read, not yet written
         self.head_unflushed = False          # the response head is in `out`, not on the wire
         self.pending_len = 0                 # bytes in pending_body (while connecting)
+        self.resp_head_bytes = 0             # response head (and trailer) bytes from the backend
 
     # ------------------------------------------------------------------
     # request body, from the client
@@ -268,10 +271,10 @@ class Exchange:
         """The backend stopped reading the request body (we held the client back)."""
         self._upstream_failed("upstream-send-timeout", 504, retry_ok=False, sent=True)
 
-    def _can_retry(self, sent: bool) -> bool:
+    def _can_retry(self, sent: bool, counted: bool = True) -> bool:
         ctx = self.ctx
         assert ctx is not None
-        if ctx.retries >= self.node.snapshot.config.upstream.retries or self.resp_head_sent:
+        if self.resp_head_sent or (counted and ctx.retries >= self.node.snapshot.config.upstream.retries):
             return False
         if not sent and not self.body_forwarded:
             return True   # nothing reached any backend
@@ -308,8 +311,11 @@ class Exchange:
                 # out, not a broken backend: the retry may go to it again.
                 self.tried.discard(self.backend.id)
         self.last_failure = (status, reason)
-        if retry_ok and self._can_retry(sent):
-            ctx.retries += 1
+        if retry_ok and self._can_retry(sent, counted=not stale):
+            # A stale pooled connection does not use up a retry: it tells nothing
+            # about the backends, and the pool holds only so many of them.
+            if not stale:
+                ctx.retries += 1
             ctx.verdicts.append("retry:" + reason)
             self._reset_for_retry()
             self.start()
@@ -356,6 +362,12 @@ class Exchange:
         if self.state == SENT:
             self.state = RESPONDING
         self.last_read = self.node.now()
+        if not self.resp_head_sent:
+            # httptools joins a header split across reads: bound the raw bytes too.
+            self.resp_head_bytes += len(data)
+            if self.resp_head_bytes > 2 * UPSTREAM_HEAD_LIMIT:
+                self._bad_response("response head too large")
+                return
         # What one read produces is written once, after llhttp accepted all of it:
         # one write instead of head + each chunk, and a response malformed within
         # its first read (the usual case) can still be answered with a clean 502.
@@ -432,6 +444,11 @@ class Exchange:
         self.resp_reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.resp_head_bytes += len(name) + len(value) + 4
+        if self.resp_head_bytes > UPSTREAM_HEAD_LIMIT:
+            raise ValueError("response head or trailers too large")
+        if self.resp_head_sent:
+            return   # a trailer field: not forwarded (9110 6.5.1 lets a proxy drop them)
         self.resp_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -441,6 +458,7 @@ class Exchange:
         self.resp_status = status
         if self.resp_complete:
             raise _ExtraResponse()
+        self.resp_head_bytes = 0   # the final head's fields are counted afresh (after 1xx)
         if status < 200:
             if status == 101:
                 if not self.want_upgrade:

@@ -65,7 +65,7 @@ async def test_local_region_dies_and_comes_back() -> None:
                 n = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
                 await reader.readexactly(n)
                 if not head.startswith(b"HTTP/1.1 200"):
-                    failures.append(head.split(b"\r\n")[0].decode())
+                    failures.append(head.decode("latin-1"))
                 await asyncio.sleep(0.01)
         finally:
             writer.close()
