@@ -54,7 +54,7 @@ class Exchange:
         "resp_upgrade_at", "resp_raw_left", "want_upgrade", "tunnel_held", "max_body",
         "declared_len", "attempt_start", "reused", "last_failure", "resp_close_delimited",
         "last_read", "resp_keep_alive", "out", "head_unflushed", "pending_len",
-        "resp_head_bytes",
+        "resp_head_bytes", "resp_raw_head",
     )
 
     def __init__(self, down: "Downstream") -> None:
@@ -120,6 +120,7 @@ class Exchange:
         self.head_unflushed = False          # the response head is in `out`, not on the wire
         self.pending_len = 0                 # bytes in pending_body (while connecting)
         self.resp_head_bytes = 0             # response head (and trailer) bytes from the backend
+        self.resp_raw_head = 0               # raw bytes of reads that ended inside a head
 
     # ------------------------------------------------------------------
     # request body, from the client
@@ -362,12 +363,6 @@ class Exchange:
         if self.state == SENT:
             self.state = RESPONDING
         self.last_read = self.node.now()
-        if not self.resp_head_sent:
-            # httptools joins a header split across reads: bound the raw bytes too.
-            self.resp_head_bytes += len(data)
-            if self.resp_head_bytes > 2 * UPSTREAM_HEAD_LIMIT:
-                self._bad_response("response head too large")
-                return
         # What one read produces is written once, after llhttp accepted all of it:
         # one write instead of head + each chunk, and a response malformed within
         # its first read (the usual case) can still be answered with a clean 502.
@@ -398,7 +393,13 @@ class Exchange:
         if self.resp_complete:
             if self.state != DONE:
                 self._response_done()
-        elif self.resp_head_sent and self.timer is None:
+        elif not self.resp_head_sent:
+            # Still in a head: all of `data` was head bytes. httptools joins a field
+            # split across reads, so bound what it may be holding.
+            self.resp_raw_head += len(data)
+            if self.resp_raw_head > 2 * UPSTREAM_HEAD_LIMIT:
+                self._bad_response("response head too large")
+        elif self.timer is None:
             # The body goes on past this read: bound the gaps between reads with
             # the same timeout (not armed for responses that end in one read).
             self._arm_response_timer()

@@ -364,3 +364,20 @@ async def test_random_pipelines(seed: int) -> None:
             else:
                 assert len(r.body) == int(path.rsplit("/", 1)[1])
         assert h.backend.stats.paths == [p for _m, p, _b in reqs]
+
+
+@pytest.mark.parametrize("size,status", [(30_000, 200), (200_000, 502)])
+async def test_backend_response_head_is_bounded(size: int, status: int) -> None:
+    async with harness(upstream={"retries": 0}) as h:
+        r = await h.get(f"/bighead/{size}")
+        assert r.status == status
+        if status == 200:
+            assert len(r.header("x-big") or "") == size and r.body == b"ok"
+
+
+async def test_response_trailers_are_dropped_and_framing_kept() -> None:
+    async with harness() as h:
+        raw = request("GET", "/trailers") + request("GET", "/bytes/3")
+        resps, _raw, _closed = await exchange(h.port, raw, expect=2)
+        assert [(r.status, r.body) for r in resps] == [(200, b"ok"), (200, b"xxx")]
+        assert resps[0].header("x-t") is None and resps[0].header("trailer") is None

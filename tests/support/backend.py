@@ -21,6 +21,8 @@ Behaviour by path (query arguments in brackets):
   /truncate/KIND         a head (KIND: length | chunked), part of the body, then a close
   /early/N               answers N at once, before reading the request body
   /hop                   a response carrying hop-by-hop fields (and X-End: 1, which is not)
+  /bighead/N             a response with N bytes of header fields, sent in 1000-byte pieces
+  /trailers              a chunked response with trailer fields
   /twice                 two responses to one request (the second says "extra")
 Every response carries X-Backend: <name>.
 `drop_reused = k`: the next k requests that arrive on an already-used connection
@@ -213,6 +215,17 @@ class _Conn(asyncio.Protocol):
                                         b"Keep-Alive: timeout=5", b"Proxy-Authenticate: Basic",
                                         b"Upgrade: foo", b"Trailer: X-T", b"X-End: 1",
                                         b"Content-Length: 2"], keep) + b"ok")
+            return
+        if kind == b"bighead":
+            n = int(arg)
+            head = self._head(200, [b"X-Big: " + b"h" * n, b"Content-Length: 2"], keep) + b"ok"
+            for i in range(0, len(head), 1000):
+                self._send(head[i:i + 1000])
+                await asyncio.sleep(0)
+            return
+        if kind == b"trailers":
+            self._send(self._head(200, [b"Transfer-Encoding: chunked", b"Trailer: X-T"], keep)
+                       + b"2\r\nok\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n")
             return
         if kind == b"twice":
             self._send(self._head(200, [b"Content-Length: 5"], True) + b"first"
