@@ -43,7 +43,7 @@ class Downstream(asyncio.Protocol):
         "current", "parsing", "queue", "last_active", "head_started_at", "body_last",
         "tunnel", "held", "upgraded", "requests", "route_acl_memo", "closed",
         "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
-        "advancing", "eof_sent",
+        "advancing", "eof_sent", "write_paused_since",
     )
 
     def __init__(self, node: "Node", listener: "Listener") -> None:
@@ -76,6 +76,7 @@ class Downstream(asyncio.Protocol):
         self.dead = False                        # parser unusable: input is read and dropped
         self.deferred: tuple[int, str, Exchange | None] | None = None  # error owed after earlier responses
         self.write_paused = False                # our send buffer to the client is over high water
+        self.write_paused_since = 0.0
         self.client_eof = False                  # the client half-closed after its last request
         self.linger_until = 0.0                  # closing: drain the client's input until then
         self.parsed = 0                          # request messages completely parsed
@@ -161,6 +162,7 @@ class Downstream(asyncio.Protocol):
         # Our send buffer to the client is full: stop reading the backend. The flag
         # covers an upstream attached later while the buffer is still full.
         self.write_paused = True
+        self.write_paused_since = self.node.now()
         ex = self.tunnel or self.current
         if ex is not None and ex.up is not None:
             ex.up.pause_reading()

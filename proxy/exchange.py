@@ -260,8 +260,15 @@ class Exchange:
             # Mid-body the same timeout bounds the gap between two reads (nginx's
             # proxy_read_timeout); one lazily re-armed timer, not one per read.
             limit = self.node.snapshot.config.upstream.response_timeout_s
-            idle = self.node.now() - self.last_read
+            now = self.node.now()
+            idle = now - self.last_read
             up = self.up
+            down = self.down
+            if down.write_paused and \
+                    now - down.write_paused_since > self.node.snapshot.config.limits.body_idle_timeout_s:
+                # The client stopped reading (nginx's send_timeout): let both go.
+                self._abort_both("client-send-timeout")
+                return
             if (up is not None and up.paused_by_client) or idle < limit:
                 self.timer = self.node.loop.call_later(max(limit - idle, 0.05) if idle < limit else limit,
                                                        self._response_timeout)

@@ -120,3 +120,17 @@ async def test_aborted_request_body_never_completes_upstream() -> None:
         await settle(h, lambda: not h.backend.conns)
         assert h.backend.stats.requests == 0   # the backend never saw a complete request
         assert not h.backend.conns
+
+
+async def test_client_that_stops_reading_is_let_go() -> None:
+    async with harness(limits={"body_idle_timeout_s": 0.5}, upstream={"response_timeout_s": 0.3}) as h:
+        c = await RawClient.connect(h.port)
+        try:
+            await c.send(request("GET", f"/download/{500 << 20}"))
+            c.writer.transport.pause_reading()   # and never read again
+            await settle(h, lambda: not h.node.connections, seconds=4)
+            assert not h.node.connections, "a client that reads nothing holds the node forever"
+            await settle(h, lambda: not h.backend.conns)
+            assert not h.backend.conns
+        finally:
+            await c.close()
