@@ -258,9 +258,13 @@ class Membership:
                 self.on_alive(e.as_alive(), now)
             elif e.state == MemberState.LEFT:
                 self.on_dead(Dead(e.name, e.incarnation, e.name), now)
-            else:
+            elif e.name not in self._suspicions:
                 # the peer believes it suspect or dead: suspect it ourselves rather
-                # than declare it dead on hearsay, so it still gets a chance to refute
+                # than declare it dead on hearsay, so it still gets a chance to refute.
+                # Never a confirmation of a suspicion we hold: the peer may only be
+                # repeating the accuser we already know, and confirmations shorten the
+                # suspect's time to refute (at 500 nodes and 5 % loss, counting them
+                # produced false deaths)
                 self.on_suspect(Suspect(e.name, e.incarnation, sender), now)
 
     def leave(self, now: float) -> None:
