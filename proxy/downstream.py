@@ -87,7 +87,7 @@ class Downstream(asyncio.Protocol):
     # connection
     # ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         node = self.node
         peer = transport.get_extra_info("peername")
         if peer:
@@ -105,13 +105,13 @@ class Downstream(asyncio.Protocol):
         # the accept, not of its first byte: an idle fresh connection is slowloris too.
         self.head_started_at = self.last_active
         if not node.connection_opened(self):
-            transport.abort()
+            self.transport.abort()  # type: ignore[union-attr]
             self.closed = True
             return
         if self.listener.proxy_protocol:
             if not self.listener.proxy_from(self.peer_ip):
                 # PROXY headers are believed only from the configured L4 tier.
-                transport.abort()
+                self.transport.abort()  # type: ignore[union-attr]
                 self.closed = True
                 node.connection_closed(self)
                 return

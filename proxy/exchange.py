@@ -29,7 +29,8 @@ from .upstream import BackendPool, PoolLimitReached, UpstreamConnection
 if TYPE_CHECKING:
     from .context import RequestContext
     from .downstream import Downstream
-    from .node import Backend, Node
+    from .balance.backend import BackendState as Backend
+    from .node import Node
 
 REPLAY_LIMIT = 64 * 1024      # request body kept for a safe retry
 UPSTREAM_HEAD_LIMIT = 64 * 1024   # a backend's response head (or trailers): 502 beyond

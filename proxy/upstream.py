@@ -34,7 +34,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio callbacks: bytes in, signals out --------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.sock = sock
@@ -94,7 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
             state = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0]
         except (OSError, IndexError, TypeError):
             return False
-        return state != _TCP_ESTABLISHED
+        return bool(state != _TCP_ESTABLISHED)
 
     def close(self) -> None:
         if not self.closed:
