@@ -644,7 +644,9 @@ class Downstream(asyncio.Protocol):
             return
         if self.tunnel is not None:
             return
-        if self.head_started_at and now - self.head_started_at > limits.header_timeout_s:
+        if self.head_started_at and self.paused:
+            self.head_started_at = now   # a pipelined head we stopped reading: not slow
+        elif self.head_started_at and now - self.head_started_at > limits.header_timeout_s:
             # Slowloris: the whole head must arrive in time, however it trickles.
             if self.parsing is not None or self.pp_pending:
                 self._reject_connection(408, "request header timeout")
@@ -665,6 +667,10 @@ class Downstream(asyncio.Protocol):
                     else:
                         ex.upstream_send_timeout()
                     return
+            elif self.paused:
+                # We are not reading (a pipelined request waits its turn, or a
+                # connect is in progress): the client is not idle.
+                self.body_last = now
             elif idle > limits.body_idle_timeout_s:
                 if ex is self.current and ex.resp_head_sent:
                     ex.cancel()

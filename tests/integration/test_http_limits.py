@@ -3,6 +3,7 @@ error responses: short, correct, and saying which error it is."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -165,3 +166,34 @@ async def test_errors_are_short_and_say_which() -> None:
                 assert r.header("content-type", ) == "text/plain; charset=utf-8"
                 assert r.body.decode().startswith(f"{status} ") and reason in r.body.decode()
                 assert len(r.body) < 200
+
+
+async def test_body_idle_timeout_does_not_count_time_we_were_not_reading() -> None:
+    """A pipelined upload waits (unread) behind a slow response: not the client's idleness."""
+    async with harness(limits={"body_idle_timeout_s": 0.5}) as h:
+        c = await RawClient.connect(h.port)
+        try:
+            await c.send(request("GET", "/slow/1200") + request("POST", "/", headers=[("Content-Length", "10")])
+                         + b"01234")
+            (first,) = await c.responses(1, timeout=3)
+            assert first.status == 200
+            await c.send(b"56789")
+            (second,) = await c.responses(1)
+            assert second.status == 200 and json.loads(second.body)["body_len"] == 10
+        finally:
+            await c.close()
+
+
+async def test_header_timeout_does_not_count_time_we_were_not_reading() -> None:
+    async with harness(limits={"header_timeout_s": 0.5}) as h:
+        c = await RawClient.connect(h.port)
+        try:
+            second = request("GET", "/bytes/2")
+            await c.send(request("GET", "/slow/1200") + second[:10])
+            (first,) = await c.responses(1, timeout=3)
+            assert first.status == 200
+            await c.send(second[10:])
+            (r,) = await c.responses(1)
+            assert r.status == 200 and r.body == b"xx"
+        finally:
+            await c.close()
