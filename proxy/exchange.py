@@ -55,7 +55,7 @@ class Exchange:
         "resp_upgrade_at", "resp_raw_left", "want_upgrade", "tunnel_held", "max_body",
         "declared_len", "attempt_start", "reused", "last_failure", "resp_close_delimited",
         "last_read", "resp_keep_alive", "out", "head_unflushed", "pending_len",
-        "resp_head_bytes", "resp_raw_head",
+        "resp_head_bytes", "resp_raw_head", "accounted",
     )
 
     def __init__(self, down: "Downstream") -> None:
@@ -122,6 +122,7 @@ class Exchange:
         self.pending_len = 0                 # bytes in pending_body (while connecting)
         self.resp_head_bytes = 0             # response head (and trailer) bytes from the backend
         self.resp_raw_head = 0               # raw bytes of reads that ended inside a head
+        self.accounted = True                # upstream_finished told for the current attempt
 
     # ------------------------------------------------------------------
     # request body, from the client
@@ -190,6 +191,7 @@ class Exchange:
         if ctx.upstream_start == 0.0:
             ctx.upstream_start = self.attempt_start
         node.upstream_started(backend)
+        self.accounted = False
         # A retry after a pooled connection failed uses a fresh one: the others
         # in the pool are as old, and may be as dead.
         fresh_only = ctx.retries > 0 and self.reused
@@ -314,7 +316,7 @@ class Exchange:
                 outcome = "cancelled"
             else:
                 outcome = "connect_error"
-            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, outcome)
+            self._finish_attempt(outcome)
             if stale:
                 # Most likely a keep-alive connection the backend had just timed
                 # out, not a broken backend: the retry may go to it again.
@@ -423,8 +425,7 @@ class Exchange:
         ctx = self.ctx
         assert ctx is not None
         ctx.verdicts.append("bad-response:" + detail[:60])
-        if self.backend is not None:
-            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, "5xx")
+        self._finish_attempt("5xx")
         if self.head_unflushed:
             # Nothing of this response reached the client yet: it can get a 502.
             self.out = []
@@ -622,9 +623,7 @@ class Exchange:
             else:
                 up.exchange = None
                 up.close()
-        if self.backend is not None:
-            node.upstream_finished(self.backend, now - self.attempt_start,
-                                   "5xx" if self.resp_status >= 500 else "ok")
+        self._finish_attempt("5xx" if self.resp_status >= 500 else "ok")
         if self.resp_out_chunked:
             self.down.write(b"0\r\n\r\n")
         self.down.response_finished(self, close=self.resp_close_after or not self.body_complete)
@@ -642,6 +641,7 @@ class Exchange:
             self.timer.cancel()
             self.timer = None
         ctx.status = 101
+        self._finish_attempt("ok")   # the request is answered; a tunnel is not in flight
         head = [b"HTTP/1.1 101 " + (self.resp_reason or b"Switching Protocols") + b"\r\n"]
         for name, value in self.resp_headers:
             head.append(name + b": " + value + b"\r\n")
@@ -667,10 +667,21 @@ class Exchange:
             self.up = None
 
     # ------------------------------------------------------------------
+    def _finish_attempt(self, outcome: str) -> None:
+        """Tell the balancer the attempt ended, exactly once per upstream_started
+        (its in-flight count would otherwise drift up forever)."""
+        if self.backend is not None and not self.accounted:
+            self.accounted = True
+            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, outcome)
+
     def _abort_both(self, reason: str) -> None:
         """A failure after the response head went out: nothing to say but close."""
         if self.state == DONE:
             return
+        if reason.startswith(("client", "request")):
+            self._finish_attempt("cancelled")     # the client's doing, not the backend's
+        else:
+            self._finish_attempt("timeout" if reason.endswith("timeout") else "5xx")
         ctx = self.ctx
         if ctx is not None:
             ctx.error = reason
@@ -692,8 +703,7 @@ class Exchange:
         if up is not None:
             up.exchange = None
             up.close()
-        if self.backend is not None and self.state not in (DONE, TUNNEL):
-            self.node.upstream_finished(self.backend, self.node.now() - self.attempt_start, "cancelled")
+        self._finish_attempt("cancelled")
         self.state = DONE
 
     def error_bytes(self, status: int, reason: str, close: bool) -> bytes:

@@ -134,3 +134,19 @@ async def test_client_that_stops_reading_is_let_go() -> None:
             assert not h.backend.conns
         finally:
             await c.close()
+
+
+async def test_balancer_in_flight_returns_to_zero_whatever_the_ending() -> None:
+    """Every attempt the balancer is told about must also end for it: a drifting
+    in-flight count skews least-loaded choices forever."""
+    async with harness(upstream={"response_timeout_s": 0.3, "retries": 0}) as h:
+        # ok, 5xx, bad response, truncated mid-body, read timeout, reset, a tunnel
+        for path in ["/", "/status/503", "/bad/garbage", "/truncate/length", "/stall", "/reset"]:
+            await exchange(h.port, request("GET", path, headers=[("Connection", "close")]), timeout=2)
+        c = await RawClient.connect(h.port)
+        await c.send(request("GET", "/ws", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+        await c.read_until(b"\r\n\r\n")
+        await c.close()
+        await asyncio.sleep(0.2)
+        inflight = {b.id: b.in_flight for b in h.node.selector.cluster.backends()}
+        assert inflight and all(v == 0 for v in inflight.values()), inflight
