@@ -20,7 +20,7 @@ from proxy.protect.acl import Acl, parse_ip
 
 class ClientState:
     __slots__ = ("ip", "geo", "n", "v6", "valid", "acl_memo", "keys", "_prefixes",
-                 "dprefix", "dprefix_of")
+                 "dprefix", "dprefix_of", "dtick", "dcount", "lacl", "lacl_ok")
 
     def __init__(self, ip: str, geo: Any = None) -> None:
         self.ip = ip
@@ -37,6 +37,12 @@ class ClientState:
         # computed for (the engine checks identity: a reload recomputes it).
         self.dprefix = ""
         self.dprefix_of: object = None
+        # Detector: requests counted in the detector period `dtick`.
+        self.dtick = -1
+        self.dcount = 0
+        # The listener ACL verdict, for the Acl object it was computed for.
+        self.lacl: Acl | None = None
+        self.lacl_ok = False
 
     def permits(self, acl: Acl) -> bool:
         """Memoized ACL verdict; unparsable addresses fail closed."""

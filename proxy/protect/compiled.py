@@ -34,7 +34,7 @@ class CompiledProtection:
         # Rules that need no route can run before routing; the rest need it.
         self.pre_rules = tuple(r for r in self.rules if r.routes is None and r.kind != K_ROUTE)
         self._route_only: dict[str, tuple[Rule, ...]] = {}
-        self._all: dict[str, tuple[Rule, ...]] = {}
+        self.all_by_route: dict[str, tuple[Rule, ...]] = {}     # memo of all_for
 
     def route_only(self, route: str) -> tuple[Rule, ...]:
         """Rules that need the route (for check_route after a pre-route check)."""
@@ -48,9 +48,9 @@ class CompiledProtection:
 
     def all_for(self, route: str) -> tuple[Rule, ...]:
         """pre_rules + route_only(route): one pass when the route is known."""
-        rs = self._all.get(route)
+        rs = self.all_by_route.get(route)
         if rs is None:
             rs = self.pre_rules + self.route_only(route)
-            if len(self._all) < _MAX_ROUTES:
-                self._all[route] = rs
+            if len(self.all_by_route) < _MAX_ROUTES:
+                self.all_by_route[route] = rs
         return rs

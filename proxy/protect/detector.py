@@ -38,7 +38,7 @@ addresses cannot push out the baselines of real heavy clients. Keys idle for
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from proxy.protect.config import DetectorConfig
 
@@ -94,6 +94,11 @@ class Detector:
         # direct references to these dicts; `tick` empties them in place).
         self.cur: dict[str, dict[str, int]] = {kd: {} for kd in self.kinds}
         self.total = 0
+        # Clients (duck-typed ClientState) seen this period with their own
+        # request counts: the request path bumps `client.dcount` (~30 ns)
+        # instead of three dicts (~200 ns), and tick folds them by ip,
+        # prefix and country. At most max_keys of them a period.
+        self.active: list[Any] = []
         self.stats: dict[str, dict[str, KeyStats]] = {kd: {} for kd in self.kinds}
         self.gstats = KeyStats(0)
         self.ticks = 0
@@ -111,8 +116,44 @@ class Detector:
         else:
             self.dropped += 1
 
+    def observe_client(self, client: Any) -> None:
+        """Count one request of a client (the engine inlines the hit path).
+        The client needs .dtick, .dcount, .ip, .geo and, if prefixes are
+        watched, .dprefix already computed for this detector's config."""
+        if client.dtick == self.ticks:
+            client.dcount += 1
+        elif len(self.active) < self.max_keys:
+            client.dtick = self.ticks
+            client.dcount = 1
+            self.active.append(client)
+        else:
+            self.dropped += 1
+
+    def _fold_clients(self) -> None:
+        active, self.active = self.active, []
+        cap = self.max_keys
+        for kind, attr in (("ip", "ip"), ("prefix", "dprefix"), ("country", None)):
+            cur = self.cur.get(kind)
+            if cur is None:
+                continue
+            for c in active:
+                if attr is None:
+                    key = getattr(c.geo, "country", None) if c.geo is not None else None
+                    if not key:
+                        continue
+                else:
+                    key = getattr(c, attr)
+                n = cur.get(key, 0)
+                if n or len(cur) < cap:
+                    cur[key] = n + c.dcount
+                else:
+                    self.dropped += c.dcount
+        for c in active:
+            c.dtick = -1
+
     def tick(self, now: float) -> tuple[list[Anomaly], Anomaly | None]:
         """Close the current period. Returns (per-key anomalies, global anomaly)."""
+        self._fold_clients()
         if self.last_tick is None or now <= self.last_tick:
             if self.last_tick is None:
                 self.last_tick = now
@@ -127,6 +168,8 @@ class Detector:
         out: list[Anomaly] = []
         total = self.total
         self.total = 0
+        alpha, beta, keep = self.alpha, self.beta, 1 - self.alpha
+        floor = self.floor
         for kind in self.kinds:
             st = self.stats[kind]
             swept = False
@@ -145,7 +188,25 @@ class Detector:
                             self.dropped += 1
                             continue
                     s = st[key] = KeyStats(tick - 1)
-                a = self._sample(s, c * scale, tick, self.k, self.floor)
+                x = c * scale
+                if x < floor and s.n and s.last == tick - 1:
+                    # The common case, inlined (a tick is O(keys seen) and
+                    # ran at ~1 us a key through _sample): a key under the
+                    # floor cannot be anomalous; just fold it in.
+                    s.last = tick
+                    s.streak = 0
+                    m = s.mean
+                    f = m + s.trend
+                    if f < 0.0:
+                        f = 0.0
+                    d = x - f
+                    new = f + alpha * d
+                    s.trend += beta * (new - m - s.trend)
+                    s.mean = new
+                    s.var = keep * (s.var + alpha * d * d)
+                    s.n += 1
+                    continue
+                a = self._sample(s, x, tick, self.k, floor)
                 if a is not None:
                     out.append(Anomaly(kind, key, *a))
         g = None

@@ -42,7 +42,7 @@ from proxy.protect.config import AclConfig, ProtectionConfig
 from proxy.protect.detector import Anomaly, Detector
 from proxy.protect.mitigation import Mitigation, MitigationBook, limit_burst
 from proxy.protect.ratelimit import GcraTable
-from proxy.protect.rules import K_IP, K_PREFIX, Rule, limit_headers, rule_seed
+from proxy.protect.rules import K_IP, K_PREFIX, K_ROUTE, Rule, limit_headers, rule_seed
 
 log = logging.getLogger("novaedge.protect")
 _xxh = xxhash.xxh3_64_intdigest
@@ -108,10 +108,8 @@ class Protection:
         self._log_budget: dict[str, int] = {}
         self._pending: tuple[Any, list[Rule] | None] = _NO_PENDING
         self._admit = self.table.admit
-        self._c_ip: dict[str, int] | None = None      # detector counts, by kind
-        self._c_prefix: dict[str, int] | None = None
-        self._c_country: dict[str, int] | None = None
-        self._c_route: dict[str, int] | None = None
+        self._c_prefix: dict[str, int] | None = None  # detector: prefixes watched?
+        self._c_route: dict[str, int] | None = None   # detector: per-route counts
 
     # ---- control plane -------------------------------------------------
 
@@ -137,6 +135,7 @@ class Protection:
                     if kind in old.stats:
                         det.stats[kind] = old.stats[kind]
                 det.gstats, det.ticks, det.last_tick = old.gstats, old.ticks, old.last_tick
+                det.total, det.active = old.total, old.active     # the open period
             book = MitigationBook(d, self.workers)
             if self._book is not None:
                 book.active, book.count = self._book.active, self._book.count
@@ -144,8 +143,7 @@ class Protection:
         else:
             self._det, self._book = None, None
         cur = self._det.cur if self._det is not None else {}
-        self._c_ip, self._c_prefix = cur.get("ip"), cur.get("prefix")
-        self._c_country, self._c_route = cur.get("country"), cur.get("route")
+        self._c_prefix, self._c_route = cur.get("prefix"), cur.get("route")
         self._mit_rules = {}
         self._snap = snap
         self._clients.clear()
@@ -170,8 +168,9 @@ class Protection:
     # ---- request path --------------------------------------------------
     # Measured choices (loadtests/bench_protect.py): no allocation on the
     # admitted path (refunds are recomputed on the rare refusal instead of
-    # recording charges), detector counts inlined (a call costs ~60 ns, the
-    # increment ~40 ns), per-connection key hashes read from the memo dict.
+    # recording charges); detector counting on the connection's ClientState
+    # (one attribute increment instead of three dict updates, ~170 ns less);
+    # the listener ACL verdict and per-connection key hashes memoized on it.
 
     def check(self, ctx: Any, now: float, client: ClientState | None = None) -> Rejection | None:
         """The whole phase. With ctx.route unset (protect before routing) it
@@ -182,14 +181,13 @@ class Protection:
         geo = ctx.geo
         if client is None or client.ip != ip or (client.geo is not geo and client.geo != geo):
             client = self._client_for(ip, geo)
-        memo = client.acl_memo
         acl = snap.listener_acls.get(ctx.listener, snap.default_acl) \
             if snap.listener_acls else snap.default_acl
         if acl is not None:
-            ok = memo.get(acl)
-            if ok is None:
-                ok = client.permits(acl)
-            if not ok:
+            if client.lacl is not acl:           # once per connection (and reload)
+                client.lacl_ok = client.permits(acl)
+                client.lacl = acl
+            if not client.lacl_ok:
                 return self._acl_deny(ctx, "listener")
         route = ctx.route
         if route is not None:
@@ -197,12 +195,14 @@ class Protection:
             if snap.route_acls:
                 racl = snap.route_acls.get(rname)
                 if racl is not None:
-                    ok = memo.get(racl)
+                    ok = client.acl_memo.get(racl)
                     if ok is None:
                         ok = client.permits(racl)
                     if not ok:
                         return self._acl_deny(ctx, "route")
-            rules = snap.all_for(rname)
+            rules = snap.all_by_route.get(rname)
+            if rules is None:
+                rules = snap.all_for(rname)
             part = _BOTH
         else:
             rname = None
@@ -212,38 +212,13 @@ class Protection:
         det = self._det
         if det is not None:
             det.total += 1
-            cap = det.max_keys
-            d = self._c_ip
-            if d is not None:
-                c = d.get(ip, 0)
-                if c or len(d) < cap:
-                    d[ip] = c + 1
-                else:
-                    det.dropped += 1
-            d = self._c_prefix
-            if d is not None:
-                k = client.dprefix if client.dprefix_of is det.cfg else self._dprefix(client)
-                c = d.get(k, 0)
-                if c or len(d) < cap:
-                    d[k] = c + 1
-                else:
-                    det.dropped += 1
-            d = self._c_country
-            if d is not None and geo is not None:
-                k = geo.country
-                if k:
-                    c = d.get(k, 0)
-                    if c or len(d) < cap:
-                        d[k] = c + 1
-                    else:
-                        det.dropped += 1
-            d = self._c_route
-            if d is not None and rname is not None:
-                c = d.get(rname, 0)
-                if c or len(d) < cap:
-                    d[rname] = c + 1
-                else:
-                    det.dropped += 1
+            if client.dtick == det.ticks:
+                client.dcount += 1
+            else:
+                self._det_register(det, client)
+            if rname is not None and self._c_route is not None:
+                d = self._c_route
+                d[rname] = d.get(rname, 0) + 1     # route names come from config
             if self._book is not None and self._book.count:
                 rej = self._mitigate(ctx, client, rname, now, part)
                 if rej is not None:
@@ -259,11 +234,11 @@ class Protection:
         for i, rule in enumerate(rules):
             if rule.per_conn:
                 h = keys.get(rule.seed)
-                if h is None:
-                    h = rule.key_hash(ctx, client)
-                    if h is None:
-                        continue
+            elif rule.kind == K_ROUTE:
+                h = rule.route_keys.get(rname)   # type: ignore[arg-type]
             else:
+                h = None
+            if h is None:
                 h = rule.key_hash(ctx, client)
                 if h is None:
                     continue
@@ -300,13 +275,10 @@ class Protection:
             self._refund(ctx, client, snap.pre_rules, len(snap.pre_rules), pre_hits)
             return self._acl_deny(ctx, "route")
         det = self._det
-        if det is not None and self._c_route is not None:
-            d = self._c_route
-            c = d.get(rname, 0)
-            if c or len(d) < det.max_keys:
-                d[rname] = c + 1
-            else:
-                det.dropped += 1
+        if det is not None:
+            if self._c_route is not None:
+                d = self._c_route
+                d[rname] = d.get(rname, 0) + 1
             if self._book is not None and self._book.count:
                 rej = self._mitigate(ctx, client, rname, now, _ROUTE)
                 if rej is not None:
@@ -358,12 +330,13 @@ class Protection:
             if h is not None:
                 self.table.refund(h, rule.interval)
 
-    def _dprefix(self, client: ClientState) -> str:
-        assert self._det is not None
-        cfg = self._det.cfg
-        client.dprefix = client.prefix(cfg.prefix_v4, cfg.prefix_v6)
-        client.dprefix_of = cfg
-        return client.dprefix
+    def _det_register(self, det: Detector, client: ClientState) -> None:
+        """First request of this client in this detector period."""
+        if self._c_prefix is not None and client.dprefix_of is not det.cfg:
+            cfg = det.cfg
+            client.dprefix = client.prefix(cfg.prefix_v4, cfg.prefix_v6)
+            client.dprefix_of = cfg
+        det.observe_client(client)
 
     def _client_for(self, ip: str, geo: Any) -> ClientState:
         cs = self._clients.get(ip)

@@ -51,7 +51,7 @@ class Rule:
 
     __slots__ = ("name", "kind", "seed", "rate", "burst", "interval", "tau", "shadow",
                  "routes", "header", "p4", "p6", "per_conn", "policy",
-                 "v_reject", "v_shadow", "_route_keys")
+                 "v_reject", "v_shadow", "route_keys")
 
     def __init__(self, name: str, kind: int, seed: int, rate: float, burst: int,
                  shadow: bool = False, routes: frozenset[str] | None = None,
@@ -72,7 +72,7 @@ class Rule:
         self.policy = policy_item(name, rate)
         self.v_reject = f"ratelimit:{name}:reject"
         self.v_shadow = f"ratelimit:{name}:shadow"
-        self._route_keys: dict[str, int] = {}
+        self.route_keys: dict[str, int] = {}
 
     def key_bytes(self, ctx: Any, client: ClientState) -> bytes | None:
         """The bytes this rule keys on, or None when the rule does not apply
@@ -110,9 +110,9 @@ class Rule:
             name = route.name if route is not None else None
             if not name:
                 return None
-            h = self._route_keys.get(name)
+            h = self.route_keys.get(name)
             if h is None:
-                h = self._route_keys[name] = _xxh(name.encode(), self.seed) or 1
+                h = self.route_keys[name] = _xxh(name.encode(), self.seed) or 1
             return h
         b = ctx.header(self.header)
         return None if b is None else _xxh(b, self.seed) or 1
