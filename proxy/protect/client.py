@@ -19,7 +19,7 @@ from proxy.protect.acl import Acl, parse_ip
 
 
 class ClientState:
-    __slots__ = ("ip", "geo", "n", "v6", "valid", "acl_memo", "keys", "_prefixes",
+    __slots__ = ("ip", "geo", "n", "v6", "valid", "acl_memo", "keys",
                  "dprefix", "dprefix_of", "dtick", "dcount", "lacl", "lacl_ok")
 
     def __init__(self, ip: str, geo: Any = None) -> None:
@@ -30,9 +30,10 @@ class ClientState:
             self.valid = True
         except ValueError:          # e.g. a unix-socket peer: no address to key on
             self.n, self.v6, self.valid = 0, False, False
-        self.acl_memo: dict[Acl, bool] = {}
+        # ~0.6 KB in all; a flood with no memo from the data plane keeps
+        # up to 8,192 (engine cache) + detector.max_keys of them alive.
+        self.acl_memo: dict[Acl, bool] | None = None    # route ACLs; made on first use
         self.keys: dict[int, int] = {}
-        self._prefixes: dict[tuple[int, int], str] | None = None   # made on first use
         # The detector's prefix key, for the detector config object it was
         # computed for (the engine checks identity: a reload recomputes it).
         self.dprefix = ""
@@ -46,10 +47,13 @@ class ClientState:
 
     def permits(self, acl: Acl) -> bool:
         """Memoized ACL verdict; unparsable addresses fail closed."""
-        ok = self.acl_memo.get(acl)
+        memo = self.acl_memo
+        if memo is None:
+            memo = self.acl_memo = {}
+        ok = memo.get(acl)
         if ok is None:
             ok = self.valid and acl.permits_int(self.n, self.v6)
-            self.acl_memo[acl] = ok
+            memo[acl] = ok
         return ok
 
     def addr_bytes(self) -> bytes:
@@ -66,18 +70,12 @@ class ClientState:
         return masked.to_bytes(16, "big") + bytes((plen, 6 if self.v6 else 4))
 
     def prefix(self, p4: int, p6: int) -> str:
-        """The client's network as text, e.g. '203.0.113.0/24' (detector key)."""
-        if self._prefixes is None:
-            self._prefixes = {}
-        s = self._prefixes.get((p4, p6))
-        if s is None:
-            if not self.valid:
-                s = self.ip
-            elif self.v6:
-                m = self.n >> (128 - p6) << (128 - p6)
-                s = f"{socket.inet_ntop(socket.AF_INET6, m.to_bytes(16, 'big'))}/{p6}"
-            else:
-                m = self.n >> (32 - p4) << (32 - p4)
-                s = f"{socket.inet_ntop(socket.AF_INET, m.to_bytes(4, 'big'))}/{p4}"
-            self._prefixes[(p4, p6)] = s
-        return s
+        """The client's network as text, e.g. '203.0.113.0/24' (detector key;
+        the engine keeps the detector's one in `dprefix`)."""
+        if not self.valid:
+            return self.ip
+        if self.v6:
+            m = self.n >> (128 - p6) << (128 - p6)
+            return f"{socket.inet_ntop(socket.AF_INET6, m.to_bytes(16, 'big'))}/{p6}"
+        m = self.n >> (32 - p4) << (32 - p4)
+        return f"{socket.inet_ntop(socket.AF_INET, m.to_bytes(4, 'big'))}/{p4}"

@@ -195,7 +195,8 @@ class Protection:
             if snap.route_acls:
                 racl = snap.route_acls.get(rname)
                 if racl is not None:
-                    ok = client.acl_memo.get(racl)
+                    memo = client.acl_memo
+                    ok = memo.get(racl) if memo is not None else None
                     if ok is None:
                         ok = client.permits(racl)
                     if not ok:
@@ -365,8 +366,11 @@ class Protection:
             if kind == "ip" or kind == "global":
                 key: str | None = ctx.client_ip
             elif kind == "prefix":
-                cfg = self._det.cfg
-                key = client.prefix(cfg.prefix_v4, cfg.prefix_v6)
+                if client.dprefix_of is not self._det.cfg:
+                    cfg = self._det.cfg
+                    client.dprefix = client.prefix(cfg.prefix_v4, cfg.prefix_v6)
+                    client.dprefix_of = cfg
+                key = client.dprefix
             elif kind == "country":
                 key = getattr(client.geo, "country", None) if client.geo is not None else None
             else:
