@@ -69,8 +69,8 @@ RouteAcl = AclConfig
 class RateLimitRule(_Frozen):
     name: str
     key: KeyKind
-    prefix_v4: int = Field(24, ge=0, le=32)
-    prefix_v6: int = Field(64, ge=0, le=128)
+    prefix_v4: int = Field(default=24, ge=0, le=32)
+    prefix_v6: int = Field(default=64, ge=0, le=128)
     header: str | None = None
     rate: float = Field(gt=0, le=1e7, description="requests per second, node-wide")
     burst: int = Field(ge=1, le=10_000_000)
@@ -105,21 +105,21 @@ class RateLimitRule(_Frozen):
 
 class MitigationConfig(_Frozen):
     action: Literal["limit", "block"] = "limit"
-    ttl_s: float = Field(60.0, gt=0, le=86_400)
+    ttl_s: float = Field(default=60.0, gt=0, le=86_400)
     # Node-wide req/s allowed for a mitigated key; None = the key's own
     # baseline threshold (mean + k*sigma) at detection time.
-    limit_rate: float | None = Field(None, gt=0)
-    escalate_after_s: float = Field(10.0, gt=0)
-    max_level: int = Field(3, ge=1, le=10)
+    limit_rate: float | None = Field(default=None, gt=0)
+    escalate_after_s: float = Field(default=10.0, gt=0)
+    max_level: int = Field(default=3, ge=1, le=10)
 
 
 class GlobalConfig(_Frozen):
     enabled: bool = True
-    k: float = Field(3.0, gt=0)
-    min_rate: float = Field(100.0, ge=0, description="node req/s below which nothing fires")
-    strict_per_ip_rate: float = Field(10.0, gt=0)
-    strict_per_ip_burst: int = Field(20, ge=1)
-    ttl_s: float = Field(30.0, gt=0)
+    k: float = Field(default=3.0, gt=0)
+    min_rate: float = Field(default=100.0, ge=0, description="node req/s below which nothing fires")
+    strict_per_ip_rate: float = Field(default=10.0, gt=0)
+    strict_per_ip_burst: int = Field(default=20, ge=1)
+    ttl_s: float = Field(default=30.0, gt=0)
 
 
 class DetectorConfig(_Frozen):
@@ -127,12 +127,12 @@ class DetectorConfig(_Frozen):
 
     enabled: bool = False
     keys: tuple[DetectorKey, ...] = ("ip", "prefix", "country", "route")
-    k: float = Field(3.0, gt=0)
-    alpha: float = Field(0.1, gt=0, lt=1, description="EWMA weight of the newest second")
+    k: float = Field(default=3.0, gt=0)
+    alpha: float = Field(default=0.1, gt=0, lt=1, description="EWMA weight of the newest second")
     # Three EWMA time constants (1/alpha) at the default alpha: earlier, the
     # variance estimate is still low and false alarms cluster there.
-    warmup_s: int = Field(30, ge=1)
-    min_rate: float = Field(20.0, ge=0, description="per-key node req/s floor")
+    warmup_s: int = Field(default=30, ge=1)
+    min_rate: float = Field(default=20.0, ge=0, description="per-key node req/s floor")
     # Acting needs the rate above mean + k*sigma for confirm_s consecutive
     # seconds, or above mean + severe_k*sigma once. Measured on Poisson
     # traffic (40 keys at 5-50 req/s, 20 runs of 300 s = 216,000 warm
@@ -141,18 +141,18 @@ class DetectorConfig(_Frozen):
     # 4-11 false alarms per shape (~1 every 30 s over 1000 busy keys);
     # confirm_s=3: none. A 10x step clears 6 sigma for any mean >= 1 req/s,
     # so it is acted on at the first tick after it.
-    confirm_s: int = Field(3, ge=1, description="consecutive anomalous seconds before acting")
-    severe_k: float = Field(6.0, gt=0, description="one second above this many sigma acts at once")
+    confirm_s: int = Field(default=3, ge=1, description="consecutive anomalous seconds before acting")
+    severe_k: float = Field(default=6.0, gt=0, description="one second above this many sigma acts at once")
     # Weight (fraction of alpha) with which anomalous seconds move the mean;
     # they never move the variance. 0: an attack never becomes the baseline,
     # so a mitigation lasts as long as the attack. 0.1 at alpha 0.1: a
     # lasting legitimate 10x shift is learned (and freed) in about 4 minutes.
-    anomaly_learn: float = Field(0.0, ge=0, le=1)
-    prefix_v4: int = Field(24, ge=0, le=32)
-    prefix_v6: int = Field(64, ge=0, le=128)
-    max_keys: int = Field(20_000, ge=16, description="tracked keys per kind (bounded)")
+    anomaly_learn: float = Field(default=0.0, ge=0, le=1)
+    prefix_v4: int = Field(default=24, ge=0, le=32)
+    prefix_v6: int = Field(default=64, ge=0, le=128)
+    max_keys: int = Field(default=20_000, ge=16, description="tracked keys per kind (bounded)")
     mitigation: MitigationConfig = MitigationConfig()
-    global_: GlobalConfig = Field(GlobalConfig(), alias="global")
+    global_: GlobalConfig = Field(default=GlobalConfig(), alias="global")
     shadow: bool = False
 
 
@@ -164,7 +164,7 @@ class ProtectionConfig(_Frozen):
     detector: DetectorConfig = DetectorConfig()
     # Slots of the node-wide GCRA table (16 bytes each). Fixed when the
     # supervisor allocates shared memory: a change needs a restart.
-    table_size: int = Field(1 << 20, ge=1024, le=1 << 26)
+    table_size: int = Field(default=1 << 20, ge=1024, le=1 << 26)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ProtectionConfig:

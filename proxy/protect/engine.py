@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -236,7 +237,7 @@ class Protection:
             if rule.per_conn:
                 h = keys.get(rule.seed)
             elif rule.kind == K_ROUTE:
-                h = rule.route_keys.get(rname)   # type: ignore[arg-type]
+                h = rule.route_keys.get(rname)
             else:
                 h = None
             if h is None:
@@ -248,7 +249,7 @@ class Protection:
                 if rule.shadow:
                     shadow_hits = self._shadow(ctx, rule, wait, shadow_hits)
                     continue
-                return self._refuse(ctx, client, rules, i, wait, shadow_hits, False)
+                return self._refuse(ctx, client, rules, i, wait, shadow_hits, False, None)
         if part == _PRE:
             # check_route follows synchronously (no await between the
             # phases): remember whom to refund if a route rule refuses.
@@ -265,7 +266,8 @@ class Protection:
             return None
         snap = self._snap
         pending, self._pending = self._pending, _NO_PENDING
-        pre_hits: list[Rule] | None | bool = pending[1] if pending[0] is ctx else False
+        pre_charged = pending[0] is ctx          # the pre-route part charged this request
+        pre_hits: list[Rule] | None = pending[1] if pre_charged else None
         ip = ctx.client_ip
         if client is None or client.ip != ip or (client.geo is not ctx.geo
                                                  and client.geo != ctx.geo):
@@ -273,7 +275,8 @@ class Protection:
         rname = route.name
         racl = snap.route_acls.get(rname) if snap.route_acls else None
         if racl is not None and not client.permits(racl):
-            self._refund(ctx, client, snap.pre_rules, len(snap.pre_rules), pre_hits)
+            if pre_charged:
+                self._refund(ctx, client, snap.pre_rules, len(snap.pre_rules), pre_hits)
             return self._acl_deny(ctx, "route")
         det = self._det
         if det is not None:
@@ -295,7 +298,8 @@ class Protection:
                 if rule.shadow:
                     shadow_hits = self._shadow(ctx, rule, wait, shadow_hits)
                     continue
-                return self._refuse(ctx, client, rules, i, wait, shadow_hits, pre_hits)
+                return self._refuse(ctx, client, rules, i, wait, shadow_hits, pre_charged,
+                                    pre_hits)
         return None
 
     def _shadow(self, ctx: Any, rule: Rule, wait: float,
@@ -306,14 +310,14 @@ class Protection:
         return [rule] if hits is None else hits + [rule]
 
     def _refuse(self, ctx: Any, client: ClientState, rules: tuple[Rule, ...], i: int,
-                wait: float, shadow_hits: list[Rule] | None,
-                pre_hits: list[Rule] | None | bool) -> Rejection:
+                wait: float, shadow_hits: list[Rule] | None, pre_charged: bool,
+                pre_hits: list[Rule] | None) -> Rejection:
         """rules[i] refuses: give back what rules[:i] (and, after a split
         check, the pre-route rules) charged, then answer 429."""
         self._refund(ctx, client, rules, i, shadow_hits)
-        if pre_hits is not False:
+        if pre_charged:
             self._refund(ctx, client, self._snap.pre_rules, len(self._snap.pre_rules),
-                         pre_hits)  # type: ignore[arg-type]
+                         pre_hits)
         rule = rules[i]
         ctx.verdicts.append(rule.v_reject)
         self._counters[(rule.name, "reject")] += 1
@@ -321,9 +325,7 @@ class Protection:
         return Rejection(429, f"rate limit {rule.name} exceeded", limit_headers([(rule, wait)]))
 
     def _refund(self, ctx: Any, client: ClientState, rules: tuple[Rule, ...], n: int,
-                skip: list[Rule] | None | bool) -> None:
-        if skip is False:
-            return
+                skip: list[Rule] | None) -> None:
         for rule in rules[:n]:
             if skip and rule in skip:            # a shadow rule that did not charge
                 continue
@@ -461,7 +463,6 @@ class Protection:
         if self._book is None:
             return []
         if now is None:
-            import time
             now = time.monotonic()
         return self._book.listing(now)
 

@@ -189,6 +189,33 @@ def test_check_before_routing_then_check_route() -> None:
         results.append(p.check_route(ok, 0.0))
         ok.route = None
     assert [r is None for r in results] == [True, True, False, False]
+    # The two requests refused by api-ip were refunded to per-ip: 8 of 10 left.
+    assert admitted(p, 20, ip="192.0.2.1", route=None) == 8
+
+
+def test_odd_client_addresses_never_raise() -> None:
+    p = prot({"acl": {"deny": ["10.0.0.0/8"]},
+              "rate_limits": [PER_IP, {"name": "net", "key": "prefix", "rate": 1, "burst": 1}],
+              "detector": {"enabled": True}})
+    for ip in ("", "unix:/run/sock", "not-an-ip", "::ffff:999.1.1.1"):
+        rej = p.check(ctx(ip=ip), 0.0)
+        assert rej is not None and rej.status == 403          # ACL present: fail closed
+    p = prot({"rate_limits": [PER_IP], "detector": {"enabled": True}})
+    assert admitted(p, 10, ip="unix:/run/sock") == 5           # keyed on the raw text
+    p.tick(1.0)
+    p.tick(2.0)
+
+
+def test_request_logs_are_budgeted_per_rule_per_second(
+        caplog: pytest.LogCaptureFixture) -> None:
+    p = prot({"rate_limits": [{"name": "one", "key": "ip", "rate": 0.001, "burst": 1}]})
+    caplog.set_level(logging.INFO, "novaedge.protect")
+    assert admitted(p, 1000) == 1
+    assert sum("ratelimit reject" in r.getMessage() for r in caplog.records) == 20
+    p.tick(1.0)
+    assert any("log lines suppressed" in r.getMessage() and '"lines":979' in r.getMessage()
+               for r in caplog.records)
+    assert p.counters()[("one", "reject")] == 999
 
 
 def test_reload_keeps_buckets_of_unchanged_rules_only() -> None:
