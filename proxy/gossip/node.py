@@ -276,11 +276,11 @@ class GossipNode:
     def _on_packet(self, data: bytes, src: str) -> None:
         if not self._running:
             return
+        now = self.scheduler.time()  # before decoding: RTT samples measure the network, not our HMAC
         accepted = self._accept(data)
         if accepted is None:
             return
         sender, messages = accepted
-        now = self.scheduler.time()
         for mtype, payload in messages:
             try:
                 parse = PARSERS.get(mtype)

@@ -41,12 +41,12 @@ def free_port(hosts: list[str]) -> int:
     raise RuntimeError("no common free port")
 
 
-async def wait_for(pred: Callable[[], bool], timeout: float) -> float:
+async def wait_for(pred: Callable[[], bool], timeout: float, describe: Callable[[], object] = str) -> float:
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not pred():
         if loop.time() - start > timeout:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"condition not met in {timeout} s: {describe()}")
         await asyncio.sleep(0.05)
     return loop.time() - start
 
@@ -130,7 +130,7 @@ async def test_latency_matrix_matches_the_emulated_wan() -> None:
                             return False
             return True
 
-        await wait_for(matches, 20)
+        await wait_for(matches, 20, lambda: [n.latency_matrix() for n in nodes])
         assert emu.forwarded_packets > 50
     finally:
         for node in nodes:

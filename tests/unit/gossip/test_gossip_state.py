@@ -25,11 +25,23 @@ def test_row_parse_tolerates_missing_optional_fields() -> None:
 
 
 def test_rtt_ewma_and_ageing() -> None:
-    est = RttEstimator(alpha=0.5, max_age_s=10)
+    est = RttEstimator(alpha=0.5, max_age_s=10, window=1)
     est.sample("r", 0.100, now=0.0)
-    est.sample("r", 0.200, now=1.0)
-    assert est.row(1.0) == {"r": pytest.approx(150.0)}
+    est.sample("r", 0.140, now=1.0)
+    assert est.row(1.0) == {"r": pytest.approx(120.0)}
     assert est.row(12.0) == {}
+
+
+def test_late_acks_do_not_inflate_the_estimate_a_real_change_wins() -> None:
+    est = RttEstimator(alpha=0.2, window=8)
+    for i, ms in enumerate([20, 23, 21, 70, 24, 20.5, 22, 26, 21]):  # a busy loop adds, never subtracts
+        est.sample("r", ms / 1000, now=i)
+    assert est.row(9.0)["r"] == pytest.approx(20.0, abs=0.2)
+    for i in range(30):
+        est.sample("r", 0.060, now=10.0 + i)  # the path really got 3x longer
+    assert est.row(40.0)["r"] == pytest.approx(60.0, rel=0.05)
+    est.sample("r", 0.030, now=41.0)  # and shorter again: the minimum sees it at once
+    assert est.row(41.0)["r"] < 55.0
 
 
 def test_newer_row_version_wins() -> None:
