@@ -57,6 +57,7 @@ TARGET_CPU = {"minimal": 1.25, "browser": 1.5}
 TARGET_P99 = 1.5
 PATHS = {"tiny": "/tiny", "16k": "/16k"}
 REFERENCES = ("nginx-bare", "py-floor")
+NOVAEDGES = ("novaedge", "candidate")
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,14 @@ def table(out: Report, cells: list[Cell], runs: list[Run]) -> list[str]:
             if name != "nginx-matched" and base is not None:
                 cx, px = a.cpu_us / base.cpu_us, a.p99_ms / base.p99_ms
                 ratios = f"{cx:6.2f} {px:6.2f}"
-                if name == "novaedge":
+                if name in NOVAEDGES:
                     vc = verdict(cx, TARGET_CPU[cell.headers], cell.is_target)
                     vp = verdict(px, TARGET_P99, cell.is_target)
                     verdicts = f"{vc}, {vp}"
                     if cell.is_target:
-                        headline.append(f"  CPU/req {cell.label:<18} {cx:5.2f}x (target <= "
+                        headline.append(f"  {name:<9} CPU/req {cell.label:<18} {cx:5.2f}x (target <= "
                                         f"{TARGET_CPU[cell.headers]}x) {vc}")
-                        headline.append(f"  p99     {cell.label:<18} {px:5.2f}x (target <= "
+                        headline.append(f"  {name:<9} p99     {cell.label:<18} {px:5.2f}x (target <= "
                                         f"{TARGET_P99}x) {vp}")
             else:
                 ratios = f"{'':6} {'':6}"
@@ -203,7 +204,7 @@ def run_matrix(out: Report, args: argparse.Namespace, proxies: dict[str, servers
     plan = []
     for rnd in range(args.rounds):
         for i, cell in enumerate(cells):
-            names = ["nginx-matched", "novaedge"]
+            names = ["nginx-matched", *[n for n in NOVAEDGES if n in proxies]]
             if cell.is_target:   # reference rows only where the targets are
                 names[1:1] = [n for n in REFERENCES if n in proxies]
             if (rnd + i) % 2:
@@ -243,56 +244,66 @@ def _rel(p: Path) -> str:
 
 
 def profile_section(out: Report, args: argparse.Namespace, proxies: dict[str, servers.Child],
-                    scripts: dict[str, Path], workdir: Path) -> None:
+                    scripts: dict[str, Path], workdir: Path, ours: list[servers.Child]) -> None:
     nova = proxies["novaedge"]
     url = f"http://127.0.0.1:{nova.port}/tiny"
     secs = args.profile_seconds
-    out(f"== Profile: NovaEdge under c64 tiny minimal, py-spy {secs:g} s at 200 Hz (load keeps running) ==")
+    hs = args.profile_headers
+    cell = Cell(64, "tiny", hs)
+    # The CPU to attribute, measured without the profiler attached.
+    clean = [measure(nova, cell, scripts, 5.0, 0, ours) for _ in range(2)]
+    reqs = sum(r.res.requests for r in clean)
+    usr = sum(r.cpu.user for r in clean) / reqs * 1e6
+    sys_ = sum(r.cpu.sys for r in clean) / reqs * 1e6
+    out(f"== Profile: NovaEdge under c64 tiny {hs}: {usr:.1f} us user + {sys_:.1f} us sys CPU per request "
+        f"(2 x 5 s, no profiler; wait {max(r.wait_pct for r in clean):.0f}%, "
+        f"noise {max(r.noise_pct for r in clean):.0f}%) ==")
     if not profile.pyspy_available():
         out("  py-spy not installed: pip install py-spy (skipped)")
     else:
-        for native in (False, True):
-            raw = args.out.with_name(f"{args.out.stem}_profile{'_native' if native else ''}.txt")
-            load = wrk.start(url, 64, secs + 4, scripts["minimal"], LOAD_CPU)
+        raw_path = args.out.with_name(f"{args.out.stem}_profile.txt")
+        native = True
+        load = wrk.start(url, 64, secs + 4, scripts[hs], LOAD_CPU)
+        time.sleep(1.5)
+        try:
+            raw = profile.pyspy(nova.pid, secs, raw_path, LOAD_CPU, native=True)
+        except RuntimeError as e:   # native unwinding unavailable: Python frames only
+            out(f"  py-spy --native failed ({str(e).splitlines()[0]}); Python frames only")
+            native = False
+            wrk.finish(load, secs + 30)
+            load = wrk.start(url, 64, secs + 4, scripts[hs], LOAD_CPU)
             time.sleep(1.5)
-            try:
-                prof, msg = profile.pyspy(nova.pid, secs, raw, LOAD_CPU, native)
-            except RuntimeError as e:
-                out(f"  py-spy{' --native' if native else ''} failed: {e}")
-                wrk.finish(load, secs + 30)
-                continue
-            res = wrk.finish(load, secs + 30)
-            busy = prof.samples / (200 * secs) * 100
-            out(f"-- {'with native frames (--native)' if native else 'Python frames'}: "
-                f"{prof.samples} samples, busy in {busy:.0f}% of them; raw stacks: {_rel(raw)}"
-                f"; load meanwhile {res.rps:.0f} req/s (sampling slows it)")
-            out(f"   self (the function itself, % of busy samples):")
-            for name, share in prof.top("self", args.top):
-                out(f"   {share * 100:5.1f}%  {name}")
-            if not native:
-                out(f"   inclusive (the function and what it calls):")
-                for name, share in prof.top("total", args.top):
-                    out(f"   {share * 100:5.1f}%  {name}")
-            out(f"   self by file:")
-            for name, share in prof.top("file", 12):
-                out(f"   {share * 100:5.1f}%  {name}")
-            out()
+            raw = profile.pyspy(nova.pid, secs, raw_path, LOAD_CPU, native=False)
+        res = wrk.finish(load, secs + 30)
+        prof = profile.summarize(raw, usr, sys_ if native else 0.0)
+        out(f"py-spy record{' --native' if native else ''} -r 200 for {secs:g} s: {prof.samples} samples "
+            f"({prof.samples / (200 * secs) * 100:.0f}% busy), {prof.kernel_samples} in syscalls; load meanwhile "
+            f"{res.rps:.0f} req/s; raw stacks: {_rel(raw_path)}")
+        out("Samples in libc syscall wrappers carry the measured sys time, the others the user time, so each")
+        out("figure is CPU microseconds per request (py-spy samples wall time; this undoes its bias to syscalls).")
+        for title, which, n in (("self (the function's own code)", "self", args.top),
+                                ("inclusive (with what it calls; Python functions)", "total", args.top),
+                                ("self by file", "file", 15)):
+            out(f"  {title}:")
+            out(f"  {'us/req':>7} {'share':>6}")
+            for name, us, share in prof.top(which, n):
+                out(f"  {us:7.2f} {share * 100:5.1f}%  {name}")
         svg = args.out.with_name(f"{args.out.stem}_profile.svg")
-        load = wrk.start(url, 64, secs + 4, scripts["minimal"], LOAD_CPU)
+        load = wrk.start(url, 64, secs + 4, scripts[hs], LOAD_CPU)
         time.sleep(1.5)
         profile.pyspy_svg(nova.pid, secs, svg, LOAD_CPU)
         wrk.finish(load, secs + 30)
-        out(f"flame graph: {_rel(svg)}")
+        out(f"flame graph (Python frames): {_rel(svg)}")
         out()
     if not profile.strace_available():
         out("strace not installed: syscall counts skipped")
         return
-    out(f"== Syscalls per request, c64 tiny minimal, strace -c for 5 s (slows both proxies; counts stay right) ==")
+    out(f"== Syscalls per request, c64 tiny {hs}, strace -c for 5 s (slows both proxies; counts stay right) ==")
     counts: dict[str, dict[str, float]] = {}
     for name in ("nginx-matched", "novaedge"):
         p = proxies[name]
         st = profile.StraceCount(p.pid, workdir / f"strace-{name}.txt", LOAD_CPU)
-        res = wrk.run(f"http://127.0.0.1:{p.port}/tiny", 64, 5, scripts["minimal"], LOAD_CPU)
+        res = wrk.run(f"http://127.0.0.1:{p.port}/tiny", 64, 5, scripts[hs], LOAD_CPU)
         calls = st.stop()
         counts[name] = {k: v / res.requests for k, v in calls.items()} if res.requests else {}
     names = sorted(set(itertools.chain(*counts.values())),
@@ -323,11 +334,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy and strace section")
     ap.add_argument("--profile-only", action="store_true", help="only the py-spy and strace section")
     ap.add_argument("--profile-seconds", type=float, default=10.0)
+    ap.add_argument("--profile-headers", choices=sorted(wrk.HEADER_SETS), default="minimal",
+                    help="header set of the profiled load (c64, tiny)")
     ap.add_argument("--top", type=int, default=25, help="functions listed in the profile")
     ap.add_argument("--keepalive", type=int, default=64, help="nginx upstream keepalive")
     ap.add_argument("--out", type=Path, default=ARTIFACTS / "bench_nginx.txt")
     ap.add_argument("--novaedge-root", type=Path, default=servers.REPO,
-                    help="measure the NovaEdge in another checkout (e.g. a worktree with a candidate fix)")
+                    help="measure the NovaEdge in another checkout instead of this one")
+    ap.add_argument("--candidate", type=Path, default=None,
+                    help="another NovaEdge checkout (a candidate fix) measured beside it in every cell")
     args = ap.parse_args(argv)
     if args.duration is None:
         args.duration = 5.0 if args.quick else 10.0
@@ -364,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         "novaedge": servers.NovaEdge(workdir / "novaedge", PROXY_CPU, backend.port,
                                      args.novaedge_root.resolve()),
     }
+    if args.candidate is not None and not args.profile_only:
+        proxies["candidate"] = servers.NovaEdge(workdir / "candidate", PROXY_CPU, backend.port,
+                                                args.candidate.resolve(), name="candidate")
     if not args.no_refs and not args.profile_only:
         proxies["nginx-bare"] = servers.NginxProxy(workdir / "nginx-bare", PROXY_CPU, backend.port,
                                                    "bare", args.keepalive)
@@ -405,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         out()
     out.save(args.out)
     if not args.no_profile:
-        profile_section(out, args, proxies, scripts, workdir)
+        profile_section(out, args, proxies, scripts, workdir, children)
         out.save(args.out)
     print(f"report written to {args.out}")
     return 0

@@ -2,8 +2,9 @@
 
 - `pyspy`: py-spy samples the NovaEdge process (``record -f raw -F``: one
   collapsed stack per line, frames aggregated by function) while wrk runs;
-  `summarize` turns that into self and inclusive shares per function and self
-  shares per source file.
+  `summarize` turns that into CPU microseconds per request, self and
+  inclusive per function and self per source file, given the measured
+  utime and stime per request.
 - `strace_counts`: ``strace -c`` attached to a proxy's processes while wrk
   runs, so syscalls per request can be compared between nginx and NovaEdge
   (strace slows the proxy a lot; the counts per request stay right).
@@ -47,35 +48,84 @@ def frame_name(frame: str) -> tuple[str, str]:
     return f"{m['fn']} ({where})", f
 
 
+# Leaf frames that are the kernel's time: libc's syscall wrappers. Their samples
+# are scaled to the measured stime, every other sample to the measured utime.
+SYSCALLS = frozenset({
+    "write", "read", "writev", "readv", "send", "recv", "sendto", "recvfrom", "sendmsg",
+    "recvmsg", "epoll_wait", "epoll_pwait", "epoll_ctl", "getsockname", "getpeername",
+    "getsockopt", "setsockopt", "connect", "accept", "accept4", "close", "socket", "getpid",
+    "shutdown", "syscall", "io_uring_enter", "ioctl", "fcntl",
+})
+
+
 @dataclass
 class Profile:
+    """Samples as CPU microseconds per request.
+
+    py-spy samples wall-clock stacks: a thread preempted inside a syscall
+    still counts as busy, so raw shares overstate the kernel's part on a
+    loaded machine. Scaling the syscall-leaf samples to the measured
+    stime/request and the rest to utime/request gives each function its CPU.
+    """
     samples: int = 0
+    kernel_samples: int = 0
+    usr_us: float = 0.0
+    sys_us: float = 0.0
     self_fn: Counter[str] = field(default_factory=Counter)
     total_fn: Counter[str] = field(default_factory=Counter)
     self_file: Counter[str] = field(default_factory=Counter)
 
-    def top(self, which: str, n: int) -> list[tuple[str, float]]:
+    def top(self, which: str, n: int) -> list[tuple[str, float, float]]:
+        """(name, us per request, share of usr+sys) for the largest ``n``."""
         c = {"self": self.self_fn, "total": self.total_fn, "file": self.self_file}[which]
-        return [(k, v / self.samples) for k, v in c.most_common(n)] if self.samples else []
+        whole = self.usr_us + self.sys_us
+        return [(k, v, v / whole if whole else 0.0) for k, v in c.most_common(n)]
 
 
-def summarize(raw: str) -> Profile:
-    prof = Profile()
+def stacks(raw: str) -> list[tuple[list[tuple[str, str]], int]]:
+    """py-spy ``-f raw`` lines -> ([(function, file)], samples), root first."""
+    out = []
     for line in raw.splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
-        n = int(count_s)
-        frames = [frame_name(f) for f in stack.split(";") if not f.startswith("process ")
-                  and not f.startswith("thread ")]
-        if not frames:
-            continue
+        frames = [frame_name(f) for f in stack.split(";")
+                  if not f.startswith("process ") and not f.startswith("thread ")]
+        if frames:
+            out.append((frames, int(count_s)))
+    return out
+
+
+def _is_syscall(frame: str) -> bool:
+    fn, _, where = frame.partition(" (")
+    return fn in SYSCALLS and where.startswith("libc")
+
+
+def summarize(raw: str, usr_us: float = 1.0, sys_us: float = 0.0) -> Profile:
+    """Attribute ``usr_us`` + ``sys_us`` (CPU per request) over the samples.
+
+    With ``sys_us=0`` (or no syscall frames: Python-only stacks) every sample
+    weighs the same and the figures are plain shares of ``usr_us``.
+    """
+    st = stacks(raw)
+    prof = Profile(usr_us=usr_us, sys_us=sys_us)
+    for frames, n in st:
         prof.samples += n
+        if _is_syscall(frames[-1][0]):
+            prof.kernel_samples += n
+    user_samples = prof.samples - prof.kernel_samples
+    if prof.kernel_samples == 0 or sys_us == 0.0:
+        w_user = w_kern = (usr_us + sys_us) / prof.samples if prof.samples else 0.0
+    else:
+        w_user = usr_us / user_samples if user_samples else 0.0
+        w_kern = sys_us / prof.kernel_samples
+    for frames, n in st:
         leaf, leaf_file = frames[-1]
-        prof.self_fn[leaf] += n
-        prof.self_file[leaf_file] += n
-        for name in {fn for fn, _ in frames}:
-            prof.total_fn[name] += n
+        w = n * (w_kern if _is_syscall(leaf) else w_user)
+        prof.self_fn[leaf] += w
+        prof.self_file[leaf_file] += w
+        for name in {fn for fn, f in frames if f.endswith(".py")}:   # native loop frames: noise
+            prof.total_fn[name] += w
     return prof
 
 
@@ -83,17 +133,17 @@ def pyspy_available() -> bool:
     return shutil.which("py-spy") is not None
 
 
-def pyspy(pid: int, seconds: float, out: Path, cpu: int, native: bool, rate: int = 200) -> tuple[Profile, str]:
-    """Sample ``pid`` for ``seconds``; returns the summary and py-spy's own messages."""
+def pyspy(pid: int, seconds: float, out: Path, cpu: int, native: bool, rate: int = 200) -> str:
+    """Sample ``pid`` for ``seconds`` into ``out`` (raw collapsed stacks); returns the raw text."""
     argv = ["taskset", "-c", str(cpu), "py-spy", "record", "-p", str(pid), "-d", f"{seconds:g}",
             "-r", str(rate), "-f", "raw", "-F", "-o", str(out)]
     if native:
         argv.append("--native")
     res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    msg = (res.stdout + res.stderr).strip()
     if res.returncode != 0 or not out.exists():
+        msg = (res.stdout + res.stderr).strip()
         raise RuntimeError(f"py-spy exited {res.returncode}: {msg[-1500:]}")
-    return summarize(out.read_text()), msg
+    return out.read_text()
 
 
 def pyspy_svg(pid: int, seconds: float, out: Path, cpu: int, rate: int = 200) -> None:

@@ -290,7 +290,9 @@ class NginxProxy(_Nginx):
 class NovaEdge(Child):
     name = "novaedge"
 
-    def __init__(self, workdir: Path, cpu: int, backend_port: int, root: Path = REPO) -> None:
+    def __init__(self, workdir: Path, cpu: int, backend_port: int, root: Path = REPO,
+                 name: str = "novaedge") -> None:
+        self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(workdir, cpu)
         self.backend_port = backend_port
@@ -298,29 +300,45 @@ class NovaEdge(Child):
         self.config, self.switched_off = self._build_config()
 
     def _build_config(self) -> tuple[dict[str, Any], list[str]]:
-        """Quick-start config (the one `proxy proxy --to` builds), with every
+        """The quick-start config (what `proxy proxy --to` builds), with every
         optional per-request feature this build knows about turned off.
 
-        Keys the config schema does not know yet (it forbids extra keys) are
-        left out and reported as absent, so the bench runs on any build.
+        Each optional key is tried with the build's own `check` command (in a
+        child process, so two checkouts never share an imported `proxy`); keys
+        its schema does not know yet (it forbids extra keys) are left out and
+        reported as absent, so the bench runs on any build.
         """
-        sys.path.insert(0, str(self.root))
-        from proxy.cli import quick_config
-        from proxy.config import ConfigError, parse_config
-        cfg: dict[str, Any] = quick_config(f"127.0.0.1:{self.port}",
-                                           [f"http://127.0.0.1:{self.backend_port}"], "1", "us-east-1")
-        cfg["limits"] = {"drain_timeout_s": 1.0}
+        cfg: dict[str, Any] = {
+            "node": {"region": "us-east-1"},
+            "workers": 1,
+            "listeners": [{"bind": f"127.0.0.1:{self.port}"}],
+            "pools": {"default": {"regions": {"us-east-1": [f"127.0.0.1:{self.backend_port}"]}}},
+            "routes": [{"name": "default", "pool": "default"}],
+            "limits": {"drain_timeout_s": 1.0},
+        }
+        ok, msg = self._check(cfg)
+        if not ok:
+            raise RuntimeError(f"{self.root}: the quick-start config does not validate:\n{msg}")
         switched: list[str] = []
-        for key, value in (("access_log", {"enabled": False}), ("metrics", {"enabled": False})):
+        optional = (("access_log", {"enabled": False}, "access_log.enabled=false"),
+                    ("metrics", {"enabled": False}, "metrics.enabled=false"),
+                    # the admin API's default port is fixed: two nodes would collide
+                    ("admin", {"listen": "127.0.0.1:0"}, "admin API on an ephemeral port"))
+        for key, value, said in optional:
             trial = dict(cfg, **{key: value})
-            try:
-                parse_config(trial)
-            except ConfigError:
+            if self._check(trial)[0]:
+                cfg = trial
+                switched.append(said)
+            else:
                 switched.append(f"{key}: not in this build's config (so none)")
-                continue
-            cfg = trial
-            switched.append(f"{key}.enabled=false")
         return cfg, switched
+
+    def _check(self, cfg: dict[str, Any]) -> tuple[bool, str]:
+        path = self.workdir / "check.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        r = subprocess.run([sys.executable, "-m", "proxy", "check", str(path)], cwd=self.root,
+                           capture_output=True, text=True, timeout=60, check=False)
+        return r.returncode == 0, (r.stdout + r.stderr).strip()
 
     def tree(self) -> str:
         """The commit measured, and whether proxy/ differs from it (read-only git)."""
