@@ -212,6 +212,23 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         sender.cancel()
 
 
+def loopback_plan(rtt_ms: dict[str, dict[str, float]], port: int = 7946, public_net: str = "127.0.9",
+                  real_net: str = "127.0.10") -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+    """Emulator config and per-region (bind, advertise) addresses for one node
+    per region on this machine's loopback (the demo): node i binds
+    ``real_net.i:port`` and advertises ``public_net.i:port``, which the
+    emulator owns. (TCP push-pull leaves from 127.0.0.1 on loopback, so only
+    UDP, which the latency matrix is measured on, is delayed there.)"""
+    regions = sorted(set(rtt_ms) | {b for row in rtt_ms.values() for b in row})
+    endpoints, sources, nodes = [], {}, {}
+    for i, region in enumerate(regions, start=1):
+        public, real = f"{public_net}.{i}:{port}", f"{real_net}.{i}:{port}"
+        endpoints.append({"public": public, "real": real, "region": region})
+        sources[f"{real_net}.{i}"] = region
+        nodes[region] = (real, public)
+    return {"endpoints": endpoints, "sources": sources, "rtt_ms": rtt_ms}, nodes
+
+
 async def _serve(cfg: dict[str, Any]) -> None:
     emu = WanEmulator.from_config(cfg)
     await emu.start()

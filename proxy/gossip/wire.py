@@ -9,8 +9,8 @@ Frame, version 1 (all integers big-endian)::
         S bytes   sender node name (utf-8)           -> replay window per sender
         u64       sender message sequence            -> replay window
         u64       sender wall clock, ms since epoch  -> freshness check
-        N bytes   body: JSON array of [type, payload] pairs, the first is the
-                  primary message, the rest are piggybacked broadcasts
+        N bytes   body: JSON array of [type, payload] messages: the probe
+                  message (ping, ack...) if any, then piggybacked broadcasts
     -32 32 bytes  HMAC-SHA256(key, every byte above)
 
 Everything but the tag is authenticated, so a forged sender, sequence or key id
