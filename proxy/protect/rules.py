@@ -51,7 +51,7 @@ class Rule:
 
     __slots__ = ("name", "kind", "seed", "rate", "burst", "interval", "tau", "shadow",
                  "routes", "header", "p4", "p6", "per_conn", "policy",
-                 "v_reject", "v_shadow", "route_keys")
+                 "v_reject", "v_shadow", "route_keys", "plan")
 
     def __init__(self, name: str, kind: int, seed: int, rate: float, burst: int,
                  shadow: bool = False, routes: frozenset[str] | None = None,
@@ -73,6 +73,8 @@ class Rule:
         self.v_reject = f"ratelimit:{name}:reject"
         self.v_shadow = f"ratelimit:{name}:shadow"
         self.route_keys: dict[str, int] = {}
+        # What the engine's loop reads, in one tuple (see Protection.check).
+        self.plan = (self.per_conn, kind == K_ROUTE, seed, self.interval, self.tau)
 
     def key_bytes(self, ctx: Any, client: ClientState) -> bytes | None:
         """The bytes this rule keys on, or None when the rule does not apply
