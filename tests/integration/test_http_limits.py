@@ -87,7 +87,7 @@ async def test_slowloris_header_trickle_is_cut_off() -> None:
             assert await c.closed_within(2)
         finally:
             await c.close()
-        assert time.monotonic() - t0 < 1.6
+        assert time.monotonic() - t0 < 4.0   # header_timeout_s 0.6, not the default 10 s
         assert b" 408 " in c.buf
         assert h.backend.stats.requests == 0
 
@@ -96,7 +96,7 @@ async def test_silent_fresh_connection_is_closed_after_header_timeout() -> None:
     async with harness(limits={"header_timeout_s": 0.5, "keepalive_timeout_s": 60}) as h:
         c = await RawClient.connect(h.port)
         try:
-            assert await c.closed_within(1.5)
+            assert await c.closed_within(3)   # header_timeout_s 0.5, keep-alive 60 s
         finally:
             await c.close()
 
@@ -109,7 +109,7 @@ async def test_body_idle_timeout_is_408() -> None:
             t0 = time.monotonic()
             (r,) = await c.responses(1, timeout=3)
             assert r.status == 408 and r.header("x-novaedge-error") == "request body timeout"
-            assert 0.4 < time.monotonic() - t0 < 1.5
+            assert 0.4 < time.monotonic() - t0 < 4.0   # the 0.5 s limit, not a default
             assert await c.closed_within(1)
         finally:
             await c.close()
@@ -124,7 +124,7 @@ async def test_keepalive_idle_timeout_closes() -> None:
             await c.responses(1)
             t0 = time.monotonic()
             assert await c.closed_within(2)
-            assert 0.4 < time.monotonic() - t0 < 1.5
+            assert 0.4 < time.monotonic() - t0 < 4.0   # the 0.5 s limit, not a default
         finally:
             await c.close()
 

@@ -67,15 +67,15 @@ async def test_connect_timeout_is_504() -> None:
             r = await h.get("/")
             assert r.status == 504
             assert r.header("x-novaedge-error") == "upstream-connect-timeout"
-            assert time.monotonic() - t0 < 2.0
+            assert time.monotonic() - t0 < 2.5   # connect_timeout_s 0.3, not 3 s
 
 
 async def test_response_timeout_is_504_and_not_retried() -> None:
     async with harness(2, upstream={"response_timeout_s": 0.3}) as h:
         t0 = time.monotonic()
-        r = await h.get("/slow/1500")
+        r = await h.get("/slow/3000")
         assert r.status == 504 and r.header("x-novaedge-error") == "upstream-response-timeout"
-        assert time.monotonic() - t0 < 1.2
+        assert time.monotonic() - t0 < 2.5   # response_timeout_s 0.3: long before the 3 s answer
         await asyncio.sleep(0.1)
         assert h.requests_seen() == 1   # it may have been processed: never sent twice
 
@@ -86,7 +86,7 @@ async def test_stalled_response_body_is_cut_off() -> None:
         resps, raw, closed = await exchange(h.port, request("GET", "/stall"), timeout=3)
         assert closed and resps == []               # the head went out; the body never completed
         assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"s" * 10)
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 3.0   # response_timeout_s 0.4 between reads
 
 
 async def test_connect_refused_is_retried_on_another_backend() -> None:
