@@ -14,7 +14,7 @@ gossip), real HMAC-signed frames, and prints:
 - bytes per node per second sent (UDP + push-pull), lossless and at 5 % loss.
 
 The clock jumps from event to event, so nothing sleeps; CPU is the only cost
-(about 3 minutes for 500 nodes on one core; use --nodes 26 for a quick run).
+(500 nodes: ~2 min of CPU, 4 min wall on a busy 2-core host; --nodes 26: seconds).
 
     python loadtests/gossip_sim.py                   # 500 nodes, then 26
     python loadtests/gossip_sim.py --nodes 26 --no-small
