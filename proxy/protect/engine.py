@@ -11,7 +11,7 @@ across reloads):
   per request, after the route is matched, before any upstream work:
                             rej = prot.check(ctx, time.monotonic(), client)
                             if rej: answer rej.status, rej.headers, body rej.reason
-  once a second (timer):    prot.tick(time.monotonic())
+  at least once a second:   prot.tick(time.monotonic())      # the node's 0.25 s sweep is fine
 
 `check` never awaits and never raises for odd input (unparsable address:
 ACLs fail closed, rate limits key on the raw text). It appends verdicts to
@@ -107,6 +107,7 @@ class Protection:
         self._clients: dict[str, ClientState] = {}
         self._mit_rules: dict[str, Rule] = {}
         self._log_budget: dict[str, int] = {}
+        self._budget_since = float("-inf")
         self._pending: tuple[Any, list[Rule] | None] = _NO_PENDING
         self._admit = self.table.admit
         self._c_prefix: dict[str, int] | None = None  # detector: prefixes watched?
@@ -430,20 +431,26 @@ class Protection:
     # ---- once a second -------------------------------------------------
 
     def tick(self, now: float) -> None:
+        """Call at least once a second (more often is fine: the detector's
+        statistics roll over only when a second has passed, so its alpha and
+        warm-up stay in seconds; mitigations lapse at every call)."""
         det, book = self._det, self._book
         if det is not None and book is not None:
-            anomalies, g = det.tick(now)
-            for a in anomalies:
-                self._on_anomaly(a, book, now)
-            if g is not None:
-                self._on_anomaly(g, book, now)
+            if det.last_tick is None or now - det.last_tick >= 1.0:
+                anomalies, g = det.tick(now)
+                for a in anomalies:
+                    self._on_anomaly(a, book, now)
+                if g is not None:
+                    self._on_anomaly(g, book, now)
             for m in book.expire(now):
                 self._counters[(f"anomaly:{m.kind}", "expire")] += 1
                 log.info("mitigation expired %s", _Fields(m.as_dict(now)))
-        for name, left in self._log_budget.items():
-            if left < 0:
-                log.info("log lines suppressed %s", _Fields({"rule": name, "lines": -left}))
-        self._log_budget.clear()
+        if now - self._budget_since >= 1.0:
+            self._budget_since = now
+            for name, left in self._log_budget.items():
+                if left < 0:
+                    log.info("log lines suppressed %s", _Fields({"rule": name, "lines": -left}))
+            self._log_budget.clear()
 
     def _on_anomaly(self, a: Anomaly, book: MitigationBook, now: float) -> None:
         event, m = book.on_anomaly(a, now)

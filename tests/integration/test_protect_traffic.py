@@ -1,7 +1,7 @@
 """Real traffic on 127.0.0.x: 50 steady clients and one attacker ramping to 50x.
 
 The server is a small raw-asyncio HTTP/1.1 server (httptools) in a forked
-process that calls Protection.check per request, ticks it every second, and
+process that calls Protection.check per request, ticks it every 0.25 s, and
 answers 200 after a simulated 10 ms upstream (refused requests are answered at
 once, as the node does). GET /_protect returns its mitigations and counters.
 `protected_server` is the one thing to swap to point this test at the real
@@ -131,10 +131,10 @@ def _serve(pipe: Any, shared: SharedState, port: int, config: dict[str, Any]) ->
     sock.listen(512)
     loop.run_until_complete(loop.create_server(lambda: _Conn(prot), sock=sock))
 
-    def tick() -> None:
+    def tick() -> None:                    # as often as the node's sweep
         prot.tick(time.monotonic())
-        loop.call_later(1.0, tick)
-    loop.call_later(1.0, tick)
+        loop.call_later(0.25, tick)
+    loop.call_later(0.25, tick)
     pipe.send("ready")
     loop.run_forever()
 

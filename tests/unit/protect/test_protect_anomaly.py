@@ -1,6 +1,7 @@
 """Detector -> mitigation -> enforcement through the engine, on a fake clock."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -40,16 +41,18 @@ def engine(action: str = "limit", shadow: bool = False, escalate_after_s: float 
 
 def run(p: Protection, t0: int, t1: int, rate_of: dict[str, int],
         out: dict[str, list[tuple[float, RequestContext, Any]]] | None = None) -> None:
-    """Each second: every client sends rate_of[ip] requests evenly; tick at the end."""
+    """Each second: every client sends rate_of[ip] requests evenly, in four
+    quarters with a tick after each (the node's sweep runs every 0.25 s)."""
     for sec in range(t0, t1):
-        for ip, n in rate_of.items():
-            for i in range(n):
-                now = sec + i / n
-                c = ctx(ip)
-                rej = p.check(c, now)
-                if out is not None:
-                    out.setdefault(ip, []).append((now, c, rej))
-        p.tick(float(sec + 1))
+        for q in range(4):
+            for ip, n in rate_of.items():
+                for i in range(q * n // 4, (q + 1) * n // 4):
+                    now = sec + i / n
+                    c = ctx(ip)
+                    rej = p.check(c, now)
+                    if out is not None:
+                        out.setdefault(ip, []).append((now, c, rej))
+            p.tick(sec + (q + 1) / 4)
 
 
 def test_attacker_is_limited_within_2s_normal_clients_untouched(
@@ -73,10 +76,12 @@ def test_attacker_is_limited_within_2s_normal_clients_untouched(
     (m,) = p.mitigations(24.0)
     assert m["kind"] == "ip" and m["key"] == ATTACKER and m["rate"] == 100.0
     msgs = [r.getMessage() for r in caplog.records]
-    start = next(s for s in msgs if s.startswith("anomaly ") and '"event":"start"' in s)
-    for field in ('"key":"203.0.113.66"', '"rate":100.0', '"mean":10.0', '"sigma":',
-                  '"threshold":', '"action":"limit"'):
-        assert field in start, field
+    start = json.loads(next(s for s in msgs if s.startswith("anomaly ")
+                            and '"event":"start"' in s)[len("anomaly "):])
+    # The first roll after the step covers part of it: 0.75 s at 10/s + 0.25 s at 100/s.
+    assert start["key"] == ATTACKER and start["action"] == "limit" and start["level"] == 1
+    assert start["rate"] == 33.0 and start["mean"] == 10.0 and start["sigma"] == 0.0
+    assert start["threshold"] == pytest.approx(10 + 3 * 10 ** 0.5, abs=1e-3)
     assert p.counters()[("anomaly:ip", "start")] == 1
     assert p.counters()[("anomaly:ip", "limit")] > 100
 
@@ -86,14 +91,17 @@ def test_persisting_attack_escalates_to_block_and_mitigation_expires() -> None:
     steady = {ip: 10 for ip in NORMAL + [ATTACKER]}
     run(p, 0, 20, steady)
     out: dict[str, list[tuple[float, RequestContext, Any]]] = {}
-    run(p, 20, 26, {**steady, ATTACKER: 100}, out)
+    run(p, 20, 25, {**steady, ATTACKER: 100}, out)
     verdicts = {v for _, c, _ in out[ATTACKER] for v in c.verdicts}
     assert verdicts == {"anomaly:limit:ip", "anomaly:block:ip"}
-    (m,) = p.mitigations(26.0)
+    (m,) = p.mitigations(25.0)
     assert m["action"] == "block" and m["level"] == 2
     assert p.counters()[("anomaly:ip", "escalate")] == 1
-    # The attack stops: the block lapses after its (doubled) ttl, 10 s.
-    run(p, 26, 40, steady)
+    # The attack stops: the block lapses after its (doubled) ttl, 10 s after
+    # the last anomalous roll (25.25, which still saw 0.75 s of attack).
+    run(p, 25, 35, steady)
+    assert len(p.mitigations(35.0)) == 1
+    run(p, 35, 40, steady)
     assert p.mitigations(40.0) == []
     assert p.counters()[("anomaly:ip", "expire")] == 1
     assert p.check(ctx(ATTACKER), 40.5) is None
