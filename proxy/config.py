@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .balance.config import PoolConfig, RegionPolicy
+from .gossip.config import GossipConfig
 from .observe.config import AccessLogConfig, AdminConfig, MetricsConfig
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -218,6 +219,19 @@ class Config(Frozen):
     admin: AdminConfig = AdminConfig()
     access_log: AccessLogConfig = AccessLogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    gossip: GossipConfig = GossipConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gossip_identity(cls, data: Any) -> Any:
+        # gossip.region and gossip.node_name default to this node's own.
+        if isinstance(data, dict) and isinstance(data.get("gossip"), dict):
+            node = data.get("node") if isinstance(data.get("node"), dict) else {}
+            g = dict(data["gossip"])
+            g.setdefault("region", node.get("region", "us-east-1"))
+            g.setdefault("node_name", node.get("name", "edge-1"))
+            data = {**data, "gossip": g}
+        return data
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -238,6 +238,11 @@ def install_services(control: ControlPlane) -> ControlView:
     hs = HealthService()
     control.services.append(hs)
     control.message_hooks.append(hs.on_message)
+    if control.config.gossip.enabled:
+        from .gossip_service import GossipService
+        gs = GossipService(view, hs)
+        control.services.append(gs)
+        control.message_hooks.append(gs.on_message)
     if control.config.admin.enabled:
         control.services.append(AdminService(view))
     control.view = view  # type: ignore[attr-defined]
