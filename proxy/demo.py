@@ -26,6 +26,11 @@ DEMO_REGIONS = {
     "ap-northeast-1": (9121, 60),
 }
 BACKENDS_PER_REGION = 2
+# Round trips the WAN emulator injects between the demo regions' gossip nodes.
+DEMO_RTT_MS = {"us-east-1": {"eu-west-1": 70.0, "ap-northeast-1": 150.0},
+               "eu-west-1": {"ap-northeast-1": 220.0}}
+GOSSIP_PORT = 7946
+DEMO_GOSSIP_KEY = {"demo": "hex:" + "6e6f766165646765" * 4}   # demo only: set your own
 
 # 127.x.0.0/16 -> country: `curl --interface 127.x.0.1` is a client from there.
 DEMO_GEO = [
@@ -79,23 +84,64 @@ class DemoBackend(asyncio.Protocol):
                      b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
 
 
-def _serve_region(region: str, first_port: int, delay_ms: int) -> None:
+def gossip_plan() -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+    from .gossip.wanemu import loopback_plan
+    return loopback_plan(DEMO_RTT_MS, GOSSIP_PORT, public_net="127.0.9", real_net="127.0.10")
+
+
+def _serve_region(region: str, first_port: int, delay_ms: int,
+                  gossip: tuple[str, str, str] | None) -> None:
+    """A demo region: its backends and, for a remote region, its gossip node
+    (freeze the process and the region's node goes silent too)."""
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for i in range(BACKENDS_PER_REGION):
             name = f"{region}-b{i + 1}"
             await loop.create_server(lambda name=name: DemoBackend(region, name, delay_ms / 1000),
                                      "127.0.0.1", first_port + i)
+        gnode = None
+        if gossip is not None:
+            from .gossip import GossipConfig, start_gossip, stop_gossip
+            bind, advertise, seed = gossip
+            gnode = await start_gossip(GossipConfig(
+                enabled=True, node_name=f"demo-{region}", region=region, bind=bind,
+                advertise=advertise, seeds=(seed,), keys=DEMO_GOSSIP_KEY,  # type: ignore[arg-type]
+                regions=tuple(DEMO_REGIONS)))
+            gnode.set_local_health(BACKENDS_PER_REGION, BACKENDS_PER_REGION)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         await stop.wait()
+        if gnode is not None:
+            await stop_gossip(gnode, leave=True)
 
     import uvloop
     uvloop.run(main())
 
 
-def demo_config(listen: str, admin: str, geodb_path: str) -> dict[str, Any]:
+def _serve_wan(plan: dict[str, Any]) -> None:
+    from .gossip.wanemu import WanEmulator
+
+    async def main() -> None:
+        emu = WanEmulator.from_config(plan)
+        await emu.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+        await emu.close()
+
+    asyncio.run(main())
+
+
+def demo_config(listen: str, admin: str, geodb_path: str,
+                gossip_addrs: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
+    gossip: dict[str, Any] = {"enabled": False}
+    if gossip_addrs:
+        bind, advertise = gossip_addrs["us-east-1"]
+        gossip = {"enabled": True, "bind": bind, "advertise": advertise,
+                  "keys": DEMO_GOSSIP_KEY, "regions": list(DEMO_REGIONS)}
     return {
         "node": {"name": "demo-edge", "region": "us-east-1"},
         "workers": 1,
@@ -103,13 +149,18 @@ def demo_config(listen: str, admin: str, geodb_path: str) -> dict[str, Any]:
         "trusted_proxies": ["127.0.0.0/8"],
         "pools": {"app": {"regions": {
             region: [f"127.0.0.1:{port + i}" for i in range(BACKENDS_PER_REGION)]
-            for region, (port, _d) in DEMO_REGIONS.items()}}},
+            for region, (port, _d) in DEMO_REGIONS.items()},
+            "health_check": {"path": "/healthz", "interval_s": 1.0, "timeout_s": 0.5,
+                             "rise": 2, "fall": 2}}},
         "routes": [{"name": "app", "pool": "app", "match": {"path_prefix": "/"}}],
         "geoip": {"city": geodb_path, "deny_countries": ["KP"]},
         "jurisdictions": {
             "gdpr": {"countries": ["DE", "FR", "IT", "ES", "NL", "IE", "AT", "BE", "SE", "PL"],
                      "regions": ["eu-west-1", "eu-central-1", "eu-west-2"]},
         },
+        "admin": {"listen": admin},
+        "access_log": {"enabled": False},
+        "gossip": gossip,
     }
 
 
@@ -122,18 +173,27 @@ def run_demo(listen: str, admin: str) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="novaedge-demo-"))
     geodb_path = str(build_city_db(DEMO_GEO, workdir / "demo-city.mmdb"))
     cfg_path = workdir / "novaedge-demo.yaml"
+    plan, addrs = gossip_plan()
     cfg_path.write_text("# NovaEdge demo config (generated). Edit and save: the node reloads it.\n"
-                        + yaml.safe_dump(demo_config(listen, admin, geodb_path), sort_keys=False))
+                        + yaml.safe_dump(demo_config(listen, admin, geodb_path, addrs), sort_keys=False))
     config = load_config(cfg_path)
     pids: dict[str, int] = {}
+    seed = addrs["us-east-1"][1]
     for region, (port, delay) in DEMO_REGIONS.items():
+        gossip = None if region == "us-east-1" else (*addrs[region], seed)
         pid = os.fork()
         if pid == 0:
             try:
-                _serve_region(region, port, delay)
+                _serve_region(region, port, delay, gossip)
             finally:
                 os._exit(0)
         pids[region] = pid
+    wan_pid = os.fork()
+    if wan_pid == 0:
+        try:
+            _serve_wan(plan)
+        finally:
+            os._exit(0)
     host, _, port_s = listen.rpartition(":")
     print(f"""
 NovaEdge demo
@@ -141,6 +201,9 @@ NovaEdge demo
   config:       {cfg_path}   (edit + save, or kill -HUP {os.getpid()}, to reload)
   GeoIP:        {geodb_path}
   backends:     {', '.join(f'{r} pid {p}' for r, p in pids.items())}
+  status page:  http://{admin}/     (regions, latency matrix from gossip, backends)
+  gossip:       one node per demo region; the WAN emulator (pid {wan_pid}) adds
+                {', '.join(f'{a}-{b} {ms:.0f} ms' for a, row in DEMO_RTT_MS.items() for b, ms in row.items())}
 
 Try:
   curl http://{listen}/hello                               # served in us-east-1
@@ -152,7 +215,7 @@ Try:
     try:
         return run(config, str(cfg_path))
     finally:
-        for pid in pids.values():
+        for pid in [*pids.values(), wan_pid]:
             try:
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGTERM)
