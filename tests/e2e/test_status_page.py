@@ -115,3 +115,45 @@ async def test_status_page_renders_heatmap_and_region_health(tmp_path: Path) -> 
     for f in shots.values():
         assert f.exists() and f.stat().st_size > 20_000, f
         assert _png_size(f) == (1400, 1000)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found at /usr/bin/chromium "
+                                             "(apt-get install chromium); status page browser test skipped")
+async def test_status_page_of_a_running_node_with_three_regions(tmp_path: Path) -> None:
+    """The same page against a real node: `novaedge demo` (three regions, gossip
+    measuring the emulated WAN, active health checks)."""
+    import aiohttp
+
+    from tests.support.proc import free_port, node_process
+    port, admin = free_port(), free_port()
+    async with node_process(["demo", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"],
+                            tmp_path, port):
+        async with aiohttp.ClientSession() as s:
+            for _ in range(80):   # wait until gossip has measured every pair
+                async with s.get(f"http://127.0.0.1:{admin}/api/matrix") as r:
+                    rtt = (await r.json())["rtt_ms"]
+                if len(rtt) == 3 and all(len(row) == 2 for row in rtt.values()):
+                    break
+                await asyncio.sleep(0.25)
+            for _ in range(20):   # and let a request or two show in the rates
+                async with s.get(f"http://127.0.0.1:{port}/hello") as r:
+                    await r.read()
+        url = f"http://127.0.0.1:{admin}/"
+        dom_text = (await _chromium(tmp_path / "p1", "--dump-dom", url)).decode()
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "status-page-demo.png"
+        shot.unlink(missing_ok=True)
+        await _chromium(tmp_path / "p2", f"--screenshot={shot}", url)
+
+    dom = _Dom()
+    dom.feed(dom_text)
+    body = next(a for t, a in dom.elements if t == "body")
+    assert body.get("data-loaded") == "1", "the page's JS never rendered /api/overview"
+    cells = {(a["data-from"], a["data-to"]): a["data-ms"] for a in dom.having("data-from", "td")}
+    regions = {"us-east-1", "eu-west-1", "ap-northeast-1"}
+    assert {src for src, _dst in cells} == regions and len(cells) == 9
+    measured = [float(ms) for (src, dst), ms in cells.items() if src != dst and ms not in (None, "na")]
+    assert len(measured) == 6 and all(50 < ms < 260 for ms in measured), cells
+    on_map = {a["data-region"]: a["data-health"] for a in dom.having("data-health", "g")}
+    assert on_map == {r: "healthy" for r in regions}
+    assert shot.exists() and shot.stat().st_size > 20_000
