@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import ipaddress
+import random
+from bisect import bisect_right
 
 import pytest
 from hypothesis import given, settings
@@ -78,3 +80,29 @@ def test_matches_ipaddress_reference_v6(nets: list[tuple[int, int]], probes: lis
         if addr.ipv4_mapped is not None:       # normalized to IPv4 by design
             continue
         assert s.contains_int(n, True) == any(addr in r for r in ref)
+
+
+@pytest.mark.parametrize("size", [300, 20_000])
+def test_large_sets_match_the_reference(size: int) -> None:
+    """Above 256 ranges IPv4 uses the /16-bucketed arrays: check them
+    against ipaddress on random CIDRs (incl. ones wider than a /16) and on
+    the edges of every range."""
+    rng = random.Random(size)
+    nets = []
+    for _ in range(size):
+        plen = rng.choice((8, 12, 15, 16, 17, 20, 24, 28, 31, 32))
+        nets.append(ipaddress.ip_network((rng.getrandbits(32), plen), strict=False))
+    s = CidrSet([str(n) for n in nets])
+    collapsed = list(ipaddress.collapse_addresses(nets))
+    end_of = {int(n.network_address): int(n.broadcast_address) for n in collapsed}
+    starts = sorted(end_of)
+
+    def ref(x: int) -> bool:
+        i = bisect_right(starts, x) - 1
+        return i >= 0 and x <= end_of[starts[i]]
+    probes = [rng.getrandbits(32) for _ in range(2000)]
+    for n in collapsed[:300]:
+        lo, hi = int(n.network_address), int(n.broadcast_address)
+        probes += [lo, hi, max(lo - 1, 0), min(hi + 1, 2**32 - 1)]
+    for x in probes:
+        assert s.contains_int(x, False) == ref(x), ipaddress.ip_address(x)
