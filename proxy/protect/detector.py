@@ -1,9 +1,10 @@
 """Streaming 3-sigma detector of request rates, per key and per node.
 
-Pure core, no clock of its own: the engine counts requests into the
-current-second dicts (a dict increment, ~40 ns) and calls `tick(now)` about
-once a second; the tick turns counts into rates, tests them against each
-key's EWMA baseline, then folds them in.
+Pure core, no clock of its own: requests are counted during the current
+second (the engine bumps a counter on the connection's ClientState, see
+observe_client; `observe` counts one key directly), and `tick(now)`, once a
+second, turns counts into rates, tests them against each key's EWMA
+baseline, then folds them in.
 
 Per key: EWMA level m with a Holt trend b, forecast f = m + b, and EWMA
 variance v of the forecast error (West's incremental form):

@@ -171,7 +171,8 @@ class Protection:
     # Measured choices (loadtests/bench_protect.py): no allocation on the
     # admitted path (refunds are recomputed on the rare refusal instead of
     # recording charges); detector counting on the connection's ClientState
-    # (one attribute increment instead of three dict updates, ~170 ns less);
+    # (one attribute increment instead of three dict updates: the detector's
+    # share of a hot request went from ~340 to ~240 ns in a tight loop);
     # the listener ACL verdict and per-connection key hashes memoized on it.
 
     def check(self, ctx: Any, now: float, client: ClientState | None = None) -> Rejection | None:
@@ -235,8 +236,7 @@ class Protection:
         admit = self._admit
         shadow_hits: list[Rule] | None = None
         for rule in rules:
-            # One attribute load and an unpack: ~40 ns a rule less than
-            # five attribute loads.
+            # One attribute load and an unpack instead of five loads.
             per_conn, by_route, seed, interval, tau = rule.plan
             if per_conn:
                 h = keys.get(seed)

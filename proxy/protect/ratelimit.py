@@ -17,7 +17,8 @@ For the node-wide table the buffer is an anonymous shared mmap, created by
 the supervisor BEFORE it forks the workers, so every worker maps the same
 pages; each bucket is guarded by one of 64 striped multiprocessing.Locks
 (also created before fork). An uncontended acquire+release of a SemLock
-costs ~55 ns (~70 ns with a timeout), so the lock is not what costs.
+costs ~55 ns (~70 ns with a timeout); one admission costs ~210 ns on a
+process-local table and ~300-350 ns on the shared one (bench `gcra`).
 
 Bounding without a sweeper: a slot whose TAT <= now is indistinguishable
 from an absent key, so it is free. A key absent from a full bucket replaces
