@@ -41,7 +41,7 @@ _BUCKET = 8                     # slots per bucket
 _WORDS = 2 * _BUCKET            # u64 words per bucket (key, tat) * 8
 _LOCKS = 64                     # lock stripes (power of two)
 EPS = 1e-9                      # float slack (0.1 * 3 != 0.3): callers add it to tau
-_LOCK_TIMEOUT = 0.25            # a worker SIGKILLed inside the section: fail open
+_LOCK_TIMEOUT = 0.25            # see admit_shared: a worker SIGKILLed inside the section
 
 log = logging.getLogger("novaedge.protect")
 
@@ -58,7 +58,9 @@ class GcraTable:
     by every process forked after construction. `shared=False`: process-local
     (single-process mode and unit tests); same code without the locks."""
 
-    def __init__(self, slots: int, *, shared: bool = False) -> None:
+    def __init__(self, slots: int, *, shared: bool = False,
+                 lock_timeout: float = _LOCK_TIMEOUT) -> None:
+        self.lock_timeout = lock_timeout
         self.slots = _pow2_at_least(max(slots, _BUCKET))
         self.nbytes = self.slots * 16
         self.shared = shared
@@ -139,13 +141,23 @@ class GcraTable:
                 return search(key, i, now, interval, tau)
             return admit_local
 
+        # Per stripe: how long to wait for its lock. A worker SIGKILLed inside
+        # the section leaves its stripe locked for good; after one timeout
+        # this process stops waiting on that stripe and only try-locks it,
+        # going on without the lock when it is held (correct if the holder
+        # is dead; racy, but never stalling, if it was merely slow).
+        waits = [self.lock_timeout] * _LOCKS
+
         def admit_shared(key: int, now: float, interval: float, tau: float) -> float:
             b = key & mask
             s = b & (_LOCKS - 1)
-            if not acquire[s](True, _LOCK_TIMEOUT):
+            w = waits[s]
+            got = acquire[s](True, w) if w else acquire[s](False)
+            if not got and w:
+                waits[s] = 0.0
                 table.lock_timeouts += 1
-                log.error("gcra lock timeout on bucket %d: failing open", b)
-                return 0.0
+                log.error("gcra lock stripe %d held for %.2f s (dead worker?): "
+                          "no longer waiting for it", s, w)
             try:
                 i = b << 4
                 if q[i] == key:
@@ -157,7 +169,8 @@ class GcraTable:
                     return 0.0
                 return search(key, i, now, interval, tau)
             finally:
-                release[s]()
+                if got:
+                    release[s]()
         return admit_shared
 
     def refund(self, key: int, interval: float) -> None:
@@ -167,7 +180,7 @@ class GcraTable:
         locks = self._locks
         if locks is not None:
             lock = locks[b & (_LOCKS - 1)]
-            if not lock.acquire(True, _LOCK_TIMEOUT):
+            if not lock.acquire(True, self.lock_timeout):
                 self.lock_timeouts += 1
                 return
         try:

@@ -5,6 +5,7 @@ Every test runs on both the process-local table and the shared-memory one
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -113,3 +114,21 @@ def test_expired_slots_are_reused(shared: bool) -> None:
         assert table.admit(k * 2, float(k), 0.5, 0.5) == 0.0
     assert table.evictions == 0                        # all reused slots were expired
     assert table.live(99.0) == 1
+
+
+def test_a_stripe_locked_for_good_stalls_once_then_not_at_all() -> None:
+    """A worker killed inside the critical section leaves its lock held."""
+    table = GcraTable(1024, shared=True, lock_timeout=0.05)
+    assert table._locks is not None
+    key = 0x10                                           # bucket 16, stripe 16
+    assert table._locks[16].acquire(False)               # the "dead worker" holds it
+    t0 = time.monotonic()
+    assert table.admit(key, 0.0, 1.0, 1.0 + EPS) == 0.0  # waited, then went on
+    assert 0.04 < time.monotonic() - t0 < 1.0
+    assert table.lock_timeouts == 1
+    t0 = time.monotonic()
+    assert table.admit(key, 0.0, 1.0, 1.0 + EPS) > 0     # no wait, still a real decision
+    assert time.monotonic() - t0 < 0.02
+    table._locks[16].release()
+    assert table.admit(key, 5.0, 1.0, 1.0 + EPS) == 0.0     # the lock is taken again
+    assert table.lock_timeouts == 1
