@@ -11,6 +11,10 @@ across reloads):
   per request, after the route is matched, before any upstream work:
                             rej = prot.check(ctx, time.monotonic(), client)
                             if rej: answer rej.status, rej.headers, body rej.reason
+  or split around routing (the node's `protect` and `route_check` hooks):
+                            rej = prot.check(ctx, now, client)   # ctx.route is None
+                            ... match the route, set ctx.route ...
+                            rej = prot.check_route(ctx, now, client)
   at least once a second:   prot.tick(time.monotonic())      # the node's 0.25 s sweep is fine
 
 `check` never awaits and never raises for odd input (unparsable address:
