@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .balance.config import PoolConfig, RegionPolicy
 from .gossip.config import GossipConfig
+from .protect.config import AclConfig, ProtectionConfig
 from .observe.config import AccessLogConfig, AdminConfig, MetricsConfig
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -148,6 +149,7 @@ class RouteConfig(Frozen):
     max_body_bytes: int | None = Field(None, ge=0)
     write: bool | None = None                         # None: writes are the non-idempotent methods
     retry_non_idempotent: bool = False                # only with an Idempotency-Key header
+    acl: AclConfig | None = None                      # CIDR allow/deny for this route
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -220,6 +222,7 @@ class Config(Frozen):
     access_log: AccessLogConfig = AccessLogConfig()
     metrics: MetricsConfig = MetricsConfig()
     gossip: GossipConfig = GossipConfig()
+    protection: ProtectionConfig = ProtectionConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -41,7 +41,7 @@ class Downstream(asyncio.Protocol):
         "node", "listener", "transport", "parser", "peer_ip", "peer_port", "client_ip",
         "client_port", "geo", "trusted_peer", "pp_buf", "pp_pending", "paused", "closing",
         "current", "parsing", "queue", "last_active", "head_started_at", "body_last",
-        "tunnel", "held", "upgraded", "requests", "route_acl_memo", "closed",
+        "tunnel", "held", "upgraded", "requests", "protect_memo", "closed",
         "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
         "advancing", "eof_sent", "write_paused_since",
     )
@@ -72,7 +72,7 @@ class Downstream(asyncio.Protocol):
         self.held: list[bytes] = []              # bytes after an Upgrade request head
         self.upgraded = False
         self.requests = 0
-        self.route_acl_memo: dict[str, bool] = {}
+        self.protect_memo: Any = None            # the protect phase's per-connection ClientState
         self.dead = False                        # parser unusable: input is read and dropped
         self.deferred: tuple[int, str, Exchange | None] | None = None  # error owed after earlier responses
         self.write_paused = False                # our send buffer to the client is over high water

@@ -6,12 +6,14 @@ are configured, so an unconfigured feature costs next to nothing per request.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .geo import GeoPhase
 from .node import NodeHooks
 from .observe import AccessLog, WorkerMetrics, open_access_log
+from .protect import Protection, SharedState
 
 if TYPE_CHECKING:
     from .context import RequestContext
@@ -20,9 +22,16 @@ if TYPE_CHECKING:
     from .snapshot import Snapshot
 
 
+def route_acls(config: Config) -> dict[str, Any]:
+    return {r.name: r.acl for r in config.routes if r.acl is not None}
+
+
 class FeatureHooks(NodeHooks):
-    def __init__(self, config: Config, worker_id: int) -> None:
+    def __init__(self, config: Config, worker_id: int, shared: SharedState | None = None) -> None:
         self.worker_id = worker_id
+        self.protection = Protection(shared)
+        self.protection.apply_config(config.protection, route_acls(config))
+        self._tick_second = 0
         self.geo = GeoPhase(config)
         self.strip_request_headers = self.geo.strip
         al = config.access_log
@@ -38,14 +47,37 @@ class FeatureHooks(NodeHooks):
     def forward_headers(self, node: "Node", ctx: "RequestContext") -> list[tuple[bytes, bytes]]:
         return self.geo.forward_headers(ctx.geo)
 
-    # protect
+    # admit: the listener ACL once per connection
+    def admit_connection(self, node: "Node", conn: "Downstream") -> bool:
+        ok = self.protection.permits_connection(conn.listener.name, conn.client_ip)
+        if not ok and self.metrics is not None:
+            self.metrics.protect_decision("listener", "deny")
+        return ok
+
+    # protect: country deny, then ACLs, rate limits and the detector before
+    # routing; the route-scoped part once the route is known.
     def protect(self, node: "Node", conn: "Downstream",
                 ctx: "RequestContext") -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
         geo = ctx.geo
         if self.geo.deny and geo is not None and geo.country in self.geo.deny:
             ctx.verdicts.append("geo:deny:" + geo.country)
             return (self.geo.deny_status, f"not available in {geo.country}", [])
-        return None
+        client = conn.protect_memo
+        if client is None or client.ip != ctx.client_ip:
+            client = conn.protect_memo = self.protection.client(ctx.client_ip, geo)
+        rej = self.protection.check(ctx, node.now(), client)
+        return None if rej is None else (rej.status, rej.reason, rej.headers)
+
+    def route_check(self, node: "Node", conn: "Downstream",
+                    ctx: "RequestContext") -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        rej = self.protection.check_route(ctx, node.now(), conn.protect_memo)
+        return None if rej is None else (rej.status, rej.reason, rej.headers)
+
+    def tick(self, node: "Node", now: float) -> None:
+        second = int(now)
+        if second != self._tick_second:   # the sweeper runs 4x a second; the detector wants 1
+            self._tick_second = second
+            self.protection.tick(now)
 
     def allowed_regions(self, ctx: "RequestContext") -> tuple[str, frozenset[str]] | None:
         return self.geo.allowed_regions(ctx.geo)
@@ -62,7 +94,8 @@ class FeatureHooks(NodeHooks):
             self.alog.log(ctx)
 
     def drain_report(self, node: "Node") -> dict[str, Any]:
-        out: dict[str, Any] = {"backends": node.selector.report()}
+        out: dict[str, Any] = {"backends": node.selector.report(),
+                               "mitigations": self._mitigation_rows()}
         if self.metrics is not None:
             out["metrics"] = self.metrics.drain()
         g = self.geo.db
@@ -71,6 +104,17 @@ class FeatureHooks(NodeHooks):
             out["geoip"] = {"build_epoch": max(epochs.values()) if epochs else None,
                             "reloads_ok": g.reloads_ok, "reloads_failed": g.reloads_failed}
         return out
+
+    def _mitigation_rows(self) -> list[dict[str, Any]]:
+        """The engine's mitigations in the admin API's shape (proxy/observe/view.py)."""
+        rows = []
+        wall = time.time()
+        for m in self.protection.mitigations():
+            rows.append({**m, "id": f"{m['kind']}:{m['key']}", "rule": f"anomaly:{m['kind']}",
+                         "action": "shadow" if m.get("shadow") else m["action"],
+                         "since": wall - m["age_s"], "expires_in_s": m["ttl_s"],
+                         "reason": f"{m['rate']:.0f}/s vs mean {m['mean']:.1f} + 3 x {m['sigma']:.1f}"})
+        return rows
 
     def control_message(self, node: "Node", msg: dict[str, Any]) -> None:
         if msg.get("reopen_logs") and self.alog is not None:
@@ -87,6 +131,7 @@ class FeatureHooks(NodeHooks):
 
     # lifecycle
     def reconfigured(self, node: "Node", snapshot: "Snapshot") -> None:
+        self.protection.apply_config(snapshot.config.protection, route_acls(snapshot.config))
         self.geo.configure(snapshot.config)
         self.strip_request_headers = self.geo.strip
         self.geo.start_watching()
@@ -102,5 +147,5 @@ class FeatureHooks(NodeHooks):
             asyncio.get_running_loop().create_task(self.alog.close())
 
 
-def build_hooks(config: Config, worker_id: int) -> NodeHooks:
-    return FeatureHooks(config, worker_id)
+def build_hooks(config: Config, worker_id: int, shared: SharedState | None = None) -> NodeHooks:
+    return FeatureHooks(config, worker_id, shared)

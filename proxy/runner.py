@@ -31,9 +31,23 @@ HooksFactory = Callable[[Config, int], NodeHooks]
 ControlFactory = Callable[[ControlPlane], None]
 
 
-def _default_hooks(config: Config, worker_id: int) -> NodeHooks:
-    from .features import build_hooks
-    return build_hooks(config, worker_id)
+class _DefaultHooks:
+    """Builds each worker's hooks. The node-wide rate-limit table is created
+    here, in the supervisor, before any fork: workers inherit its memory."""
+
+    def __init__(self) -> None:
+        self.shared: object | None = None
+
+    def prepare(self, config: Config, workers: int) -> None:
+        from .protect import SharedState
+        self.shared = SharedState(config.protection.table_size, workers)
+
+    def __call__(self, config: Config, worker_id: int) -> NodeHooks:
+        from .features import build_hooks
+        return build_hooks(config, worker_id, self.shared)  # type: ignore[arg-type]
+
+
+_default_hooks = _DefaultHooks()
 
 
 def _default_services(control: ControlPlane) -> None:
@@ -231,6 +245,8 @@ def run(config: Config, config_path: str | None = None,
         hooks_factory: HooksFactory = _default_hooks,
         services: ControlFactory = _default_services) -> int:
     workers = config.worker_count()
+    if isinstance(hooks_factory, _DefaultHooks):
+        hooks_factory.prepare(config, workers)
     if workers == 1:
         return uvloop.run(_single(config, config_path, hooks_factory, services))
     sup = Supervisor(config, config_path, hooks_factory, services)

@@ -46,7 +46,8 @@ class Mitigation:
     def as_dict(self, now: float) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "action": self.action,
                 "level": self.level, "ttl_s": round(max(0.0, self.until - now), 3),
-                "age_s": round(now - self.since, 3), "limit_rate": self.limit_rate,
+                "age_s": round(now - self.since, 3), "since_monotonic": self.since,
+                "limit_rate": self.limit_rate,
                 "shadow": self.shadow, "rate": round(self.rate, 3),
                 "mean": round(self.mean, 3), "sigma": round(self.sigma, 3)}
 

@@ -1,11 +1,9 @@
 """Real traffic on 127.0.0.x: 50 steady clients and one attacker ramping to 50x.
 
-The server is a small raw-asyncio HTTP/1.1 server (httptools) in a forked
-process that calls Protection.check per request, ticks it every 0.25 s, and
-answers 200 after a simulated 10 ms upstream (refused requests are answered at
-once, as the node does). GET /_protect returns its mitigations and counters.
-`protected_server` is the one thing to swap to point this test at the real
-node later.
+The server is a real node (`novaedge run`) in front of a backend that
+answers after a simulated 10 ms upstream; refused requests are answered by
+the node at once. Its mitigations and decision counters are read from its
+admin API.
 
 Timeline (seconds after T0, CLOCK_MONOTONIC, shared by the processes):
   0 .. 10  everyone at 5 req/s (the detector warms up on 5 s);
@@ -22,18 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import multiprocessing
 import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import httptools
 import pytest
 
-from proxy.context import RequestContext
-from proxy.protect import Protection, ProtectionConfig, SharedState
 
 NORMAL = [f"127.0.0.{i}" for i in range(2, 52)]
 ATTACKER = "127.0.1.1"
@@ -52,128 +46,96 @@ CONFIG = {
 }
 
 
-class Route:
-    name = "web"
-
-
-class _Conn(asyncio.Protocol):
-    def __init__(self, prot: Protection) -> None:
-        self.prot = prot
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.tr: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.tr = transport
-        self.ip = transport.get_extra_info("peername")[0]
-        if not self.prot.permits_connection("test", self.ip):
-            transport.close()
-            return
-        self.client = self.prot.client(self.ip)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.tr.close()
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_message_complete(self) -> None:
-        url, headers = self.url, self.headers
-        self.url, self.headers = b"", []
-        now = time.monotonic()
-        if url == b"/_protect":
-            body = json.dumps({
-                "mitigations": [dict(m, since=now - m["age_s"])
-                                for m in self.prot.mitigations(now)],
-                "counters": {f"{r}|{a}": n for (r, a), n in self.prot.counters().items()},
-            }).encode()
-            self._send(200, [], body)
-            return
-        ctx = RequestContext("r", now, "GET", "test", url.decode(), "", "1.1", self.ip, 0,
-                             None, headers, "test")
-        ctx.route = Route()
-        rej = self.prot.check(ctx, now, self.client)
-        if rej is not None:
-            self._send(rej.status, rej.headers, rej.reason.encode())
-        else:
-            asyncio.get_running_loop().call_later(UPSTREAM_S, self._send, 200, [], b"ok")
-
-    def _send(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        if self.tr.is_closing():
-            return
-        head = [b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-worker: %d\r\n"
-                % (status, len(body), os.getpid())]
-        head += [n + b": " + v + b"\r\n" for n, v in headers]
-        self.tr.write(b"".join(head) + b"\r\n" + body)
-
-
-def _serve(pipe: Any, shared: SharedState, port: int, config: dict[str, Any]) -> None:
-    """One worker: its own loop and Protection, the node's SharedState
-    (allocated before fork), a SO_REUSEPORT listener on the node's port."""
-    import socket
-
-    import uvloop
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    prot = Protection(shared)
-    prot.apply_config(ProtectionConfig.model_validate(config))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(512)
-    loop.run_until_complete(loop.create_server(lambda: _Conn(prot), sock=sock))
-
-    def tick() -> None:                    # as often as the node's sweep
-        prot.tick(time.monotonic())
-        loop.call_later(0.25, tick)
-    loop.call_later(0.25, tick)
-    pipe.send("ready")
-    loop.run_forever()
-
-
 @contextlib.contextmanager
 def serving(config: dict[str, Any], workers: int = 1) -> Iterator[int]:
-    """A node of `workers` forked processes running the protect phase per
-    request; yields its port."""
-    import socket
-    ctx = multiprocessing.get_context("fork")
-    shared = SharedState(config["table_size"], workers=workers)     # before fork
-    reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reserve.bind(("127.0.0.1", 0))                 # holds the port, never listens
-    port = reserve.getsockname()[1]
-    procs = []
+    """A real node (`novaedge run`, `workers` processes) with this protection
+    config, in front of a backend (in its own process) that answers after a
+    simulated 10 ms upstream; yields the node's port. `/_protect` on the
+    test side reads the node's mitigations and decision counters through the
+    admin API (see protect_state)."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from tests.support.proc import REPO, free_port
+    mp = multiprocessing.get_context("fork")
+    backend_port, port, admin = free_port(), free_port(), free_port()
+    ready = mp.Event()
+    backend = mp.Process(target=_backend, args=(backend_port, ready), daemon=True)
+    backend.start()
+    assert ready.wait(10), "backend did not start"
+    tmp = Path(tempfile.mkdtemp(prefix="novaedge-protect-"))
+    cfg = {"workers": workers, "listeners": [{"bind": f"127.0.0.1:{port}"}],
+           "pools": {"web": {"regions": {"us-east-1": [f"127.0.0.1:{backend_port}"]}}},
+           "routes": [{"name": "web", "pool": "web"}],
+           "protection": config, "access_log": {"enabled": False},
+           "admin": {"listen": f"127.0.0.1:{admin}"}}
+    (tmp / "node.yaml").write_text(yaml.safe_dump(cfg))
+    log = open(tmp / "node.log", "wb")
+    node = subprocess.Popen([sys.executable, "-m", "proxy", "run", str(tmp / "node.yaml")],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
-        for _ in range(workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, shared, port, config), daemon=True)
-            proc.start()
-            procs.append(proc)
-            assert parent.poll(10), "server worker did not start"
-            parent.recv()
+        import socket
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        _ADMIN[port] = admin
         yield port
     finally:
-        reserve.close()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        node.terminate()
+        node.wait(15)
+        log.close()
+        backend.terminate()
+        backend.join(5)
+
+
+_ADMIN: dict[int, int] = {}
+
+
+def _backend(port: int, ready: Any) -> None:
+    import uvloop
+
+    from tests.support.backend import TestBackend
+
+    async def main() -> None:
+        b = await TestBackend.start("web", port=port)
+        b.delay_s = UPSTREAM_S
+        ready.set()
+        await asyncio.Event().wait()
+    uvloop.run(main())
+
+
+async def protect_state(port: int) -> dict[str, Any]:
+    """Mitigations and decision counters of the node, via its admin API
+    (workers report once a second: wait for one report)."""
+    import aiohttp
+    await asyncio.sleep(1.3)
+    admin = _ADMIN[port]
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{admin}/api/mitigations") as r:
+            mitigations = await r.json()
+        async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+            metrics = await r.text()
+    counters: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("novaedge_protect_decisions_total{"):
+            labels = dict(kv.split("=") for kv in line[line.index("{") + 1:line.index("}")].split(","))
+            key = f"{labels['rule'].strip(chr(34))}|{labels['action'].strip(chr(34))}"
+            counters[key] = counters.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    wall_minus_mono = time.time() - time.monotonic()
+    for m in mitigations:
+        m["since"] = m["since"] - wall_minus_mono     # back to CLOCK_MONOTONIC, like t0
+    return {"mitigations": mitigations, "counters": counters}
 
 
 @pytest.fixture
 def protected_server() -> Iterator[int]:
-    """Port of a server that runs the protect phase per request."""
+    """Port of a real node that runs the protect phase per request."""
     with serving(CONFIG) as port:
         yield port
 
@@ -271,10 +233,7 @@ async def test_attacker_limited_normal_clients_unaffected(protected_server: int)
         if attacker.is_alive():
             attacker.kill()
             attacker.join()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    _, body = await _get(reader, writer, b"/_protect")
-    writer.close()
-    state = json.loads(body)
+    state = await protect_state(port)
 
     # Normal clients: every request answered 200, latency unchanged.
     assert len(normal) > 0.95 * len(NORMAL) * RATE * (WARM + RAMP + HOLD)
@@ -343,7 +302,7 @@ async def test_two_workers_hold_a_100_per_second_limit_node_wide() -> None:
         await asyncio.gather(*(conn() for _ in range(32)))
     admitted = statuses.count(200)
     expected = 100 * secs + 20
-    workers = {h.split(b"x-worker: ")[1].split(b"\r\n")[0] for h in heads}
+    workers = {h.split(b"X-Request-Id: ")[1].split(b"-")[0] for h in heads}
     print(f"\n2 workers: admitted {admitted} of {len(statuses)} in {secs:.0f} s, expected {expected:.0f}")
     assert len(workers) == 2                                  # both workers served
     assert len(statuses) > 5 * expected                       # offered well above the limit
