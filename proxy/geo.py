@@ -50,6 +50,7 @@ class GeoPhase:
         self.headers = [(k, v.encode()) for k, v in names if v]
         self.strip = frozenset(v.lower() for _k, v in self.headers)
         self.edge_region = config.node.region.encode()
+        self.static = [(name, self.edge_region) for k, name in self.headers if k == "region"]
         # country -> (jurisdiction name, allowed regions)
         self.residency: dict[str, tuple[str, frozenset[str]]] = {}
         for name, j in config.jurisdictions.items():
@@ -72,6 +73,8 @@ class GeoPhase:
         return self.unknown if rec is UNKNOWN else rec
 
     def forward_headers(self, geo: GeoRecord | None) -> list[tuple[bytes, bytes]]:
+        if geo is None or geo is UNKNOWN:
+            return self.static   # no GeoIP answer: only the edge's own region
         out: list[tuple[bytes, bytes]] = []
         for key, name in self.headers:
             if key == "region":

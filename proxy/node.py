@@ -107,6 +107,8 @@ class Node:
         self.via_header = b"Via: 1.1 novaedge\r\n"
         self.now: Callable[[], float] = time.monotonic
         self._sweeper: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.deadlines: set[Exchange] = set()   # exchanges waiting on a response deadline
         self.stats = {"requests": 0, "connections": 0, "errors": 0}
         self.geo: Any = None
 
@@ -125,6 +127,7 @@ class Node:
                 li.port = sock.getsockname()[1]
             self.listeners.append(li)
         self._sweeper = self.loop.create_task(self._sweep_forever())
+        self._ticker = self.loop.create_task(self._deadlines_forever())
         self.hooks.started(self)
 
     def apply_config(self, config: Config) -> None:
@@ -161,7 +164,23 @@ class Node:
             pool.close_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.hooks.stopped(self)
+
+    async def _deadlines_forever(self) -> None:
+        # Response timeouts, to 0.1 s: one task for every request in flight.
+        while True:
+            await asyncio.sleep(0.1)
+            if self.deadlines:
+                now = self.now()
+                for ex in [e for e in self.deadlines if e.timer <= now]:
+                    self.deadlines.discard(ex)
+                    if ex.timer:
+                        try:
+                            ex._response_timeout()
+                        except Exception as e:   # one bad exchange must not stop the ticker
+                            self.log_internal_error(e)
 
     async def _sweep_forever(self) -> None:
         # One timer for every connection: cheaper than a TimerHandle per request.
