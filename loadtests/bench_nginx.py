@@ -222,7 +222,7 @@ def run_matrix(out: Report, args: argparse.Namespace, proxies: dict[str, servers
         left = (len(plan) - k) * per_run
         noisy = r.noise_pct > args.max_noise or r.wait_pct > args.max_wait
         if noisy and time.monotonic() - t_start + left + per_run > args.budget * 60:
-            note = f"  (noisy, not repeated: time budget)"
+            note = "  (noisy, not repeated: time budget)"
         elif noisy:
             time.sleep(1.0)
             again = measure(proxies[name], cell, scripts, args.duration, rnd, ours)
@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{profile.python_info()}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
     for name, p in proxies.items():
         out(f"  {name:<14} {p.describe()}")
-    out(f"  backend        nginx 1 worker, access_log off: /tiny = return 200 \"ok\\n\" (3 bytes), "
-        f"/16k = 16384-byte static file (sendfile)")
+    out("  backend        nginx 1 worker, access_log off: /tiny = return 200 \"ok\\n\" (3 bytes), "
+        "/16k = 16384-byte static file (sendfile)")
     for name, hs in wrk.HEADER_SETS.items():
         out(f"  headers {name:<7} {len(hs) + 1} headers, request head {wrk.request_head_bytes(hs, '/tiny', 8080)} bytes")
     out()

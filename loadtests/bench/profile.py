@@ -19,7 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,15 +71,16 @@ class Profile:
     kernel_samples: int = 0
     usr_us: float = 0.0
     sys_us: float = 0.0
-    self_fn: Counter[str] = field(default_factory=Counter)
-    total_fn: Counter[str] = field(default_factory=Counter)
-    self_file: Counter[str] = field(default_factory=Counter)
+    self_fn: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    total_fn: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    self_file: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def top(self, which: str, n: int) -> list[tuple[str, float, float]]:
         """(name, us per request, share of usr+sys) for the largest ``n``."""
         c = {"self": self.self_fn, "total": self.total_fn, "file": self.self_file}[which]
         whole = self.usr_us + self.sys_us
-        return [(k, v, v / whole if whole else 0.0) for k, v in c.most_common(n)]
+        biggest = sorted(c.items(), key=lambda kv: -kv[1])[:n]
+        return [(k, v, v / whole if whole else 0.0) for k, v in biggest]
 
 
 def stacks(raw: str) -> list[tuple[list[tuple[str, str]], int]]:

@@ -347,7 +347,8 @@ class NovaEdge(Child):
             return r.stdout.strip() if r.returncode == 0 else ""
         head = git("rev-parse", "--short", "HEAD")
         if not head:
-            return "not a git checkout"
+            stamp = self.root / "COMMIT"   # a `git archive` snapshot may say where it came from
+            return f"snapshot of {stamp.read_text().strip()}" if stamp.exists() else "not a git checkout"
         dirty = git("status", "--porcelain", "--", "proxy")
         return f"commit {head}" + (f" + uncommitted changes in {len(dirty.splitlines())} file(s) under proxy/"
                                    if dirty else "")
