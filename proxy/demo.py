@@ -161,6 +161,13 @@ def demo_config(listen: str, admin: str, geodb_path: str,
         "admin": {"listen": admin},
         "access_log": {"enabled": False},
         "gossip": gossip,
+        "protection": {
+            # 50 req/s per client address (burst 100), and the 3-sigma detector
+            # watching addresses and /24s for anything far above its own baseline.
+            "rate_limits": [{"name": "per-ip", "key": "ip", "rate": 50, "burst": 100}],
+            "detector": {"enabled": True, "keys": ["ip", "prefix"], "warmup_s": 10,
+                         "min_rate": 20},
+        },
     }
 
 

@@ -46,6 +46,7 @@ class Exchange:
         "down", "url", "headers", "host_value", "host_count", "has_cl", "chunked",
         "conn_tokens", "expect", "upgrade", "te_value", "head_bytes", "body_complete",
         "method", "version", "keep_alive", "pending_body", "body_seen", "header_bytes",
+        "limits", "url_len", "names",
         "trailer_bytes", "trailer_count", "chunks", "framing_bytes", "host_missing",
         # per-request proxy state
         "node", "ctx", "state", "req_head", "body_chunked_out", "replay", "replayable",
@@ -62,7 +63,9 @@ class Exchange:
         self.down = down
         self.node: Node = down.node
         self.url: list[bytes] = []
-        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lname, name, value)
+        # (lower-case name, value) as received; shared with the RequestContext, no copy.
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.names: list[bytes] = []         # the same fields' names as the client wrote them
         self.host_value: bytes | None = None
         self.host_count = 0
         self.has_cl = False
@@ -79,6 +82,9 @@ class Exchange:
         self.pending_body: list[bytes] = []  # body chunks not yet sent upstream
         self.body_seen = 0                   # request body bytes parsed so far
         self.header_bytes = 0                # request target + header fields, as parsed
+        self.url_len = 0                     # request target bytes, as parsed
+        # Limits of the snapshot the request started under: read once, not per header.
+        self.limits = down.node.snapshot.config.limits
         self.trailer_bytes = 0
         self.trailer_count = 0
         self.chunks = 0                      # chunk headers parsed (chunked bodies)
@@ -697,6 +703,7 @@ class Exchange:
 
     def cancel(self) -> None:
         """The client went away: drop the upstream side (never reuse a half-used conn)."""
+        self.resp_parser = None   # breaks the parser <-> exchange cycle
         if self.timer:
             self._clear_timer()
         up = self.up

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Config
 from .geo import GeoPhase
 from .node import NodeHooks
+from .request import header_actions
 from .observe import AccessLog, WorkerMetrics, open_access_log
 from .protect import Protection, SharedState
 
@@ -34,6 +35,7 @@ class FeatureHooks(NodeHooks):
         self._tick_second = 0
         self.geo = GeoPhase(config)
         self.strip_request_headers = self.geo.strip
+        self.header_actions = header_actions(self.geo.strip)
         al = config.access_log
         self.alog: AccessLog | None = (open_access_log(al.path, al.buffer_kib, al.flush_ms)
                                        if al.enabled else None)
@@ -134,6 +136,7 @@ class FeatureHooks(NodeHooks):
         self.protection.apply_config(snapshot.config.protection, route_acls(snapshot.config))
         self.geo.configure(snapshot.config)
         self.strip_request_headers = self.geo.strip
+        self.header_actions = header_actions(self.geo.strip)
         self.geo.start_watching()
 
     def started(self, node: "Node") -> None:

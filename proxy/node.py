@@ -21,7 +21,7 @@ from .context import RequestContext
 from .downstream import Downstream, Reject
 from .exchange import DONE, Exchange
 from .http11 import IDEMPOTENT, split_host
-from .request import build_upstream_head, check_head, client_from_xff
+from .request import HEADER_ACTIONS, build_upstream_head, check_head, client_from_xff
 from .balance.backend import BackendState as Backend
 from .selection import Selector
 from .snapshot import Snapshot, compile_snapshot
@@ -235,13 +235,13 @@ class Node:
         hosts = split_host(host) if host else ""
         ctx = RequestContext(rid, self.now(), ex.method, hosts, path.decode("latin-1"),
                              query.decode("latin-1"), ex.version, client_ip, down.client_port,
-                             geo, [(ln, v) for ln, _n, v in ex.headers], down.listener.name)
+                             geo, ex.headers, down.listener.name)
         ex.ctx = ctx
         self.hooks.begin(ctx)
         ex.req_head = build_upstream_head(
             ex, target, host, client_ip, down.trusted_peer, down.client_ip,
             down.listener.scheme, b"1.1 novaedge", rid.encode(),
-            self.hooks.strip_request_headers, self.hooks.forward_headers(self, ctx))
+            self.hooks.header_actions, self.hooks.forward_headers(self, ctx))
 
     def bare_context(self, down: Downstream, ex: Exchange) -> RequestContext:
         """A context for a request that failed before its head was understood."""
@@ -352,6 +352,7 @@ class NodeHooks:
     """
 
     strip_request_headers: frozenset[bytes] = frozenset()
+    header_actions = HEADER_ACTIONS   # what build_upstream_head does with each client field
 
     def admit_connection(self, node: Node, conn: Downstream) -> bool:
         return True

@@ -80,7 +80,7 @@ def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
             raise Reject(417, "unsupported expectation")
     cl = -1
     if ex.has_cl:
-        for ln, _n, v in ex.headers:
+        for ln, v in ex.headers:
             if ln == b"content-length":
                 cl = int(v)   # llhttp checked digits-only and a single field
     ex.declared_len = cl
@@ -97,48 +97,61 @@ def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
     return target, host
 
 
+# What build_upstream_head does with a client's field, by lower-case name:
+# one dict lookup per field instead of a chain of set tests (measured: about
+# half the cost with a dozen browser headers, loadtests/bench_nginx.py).
+SKIP, XFF, VIA, HOST = 1, 2, 3, 4
+HEADER_ACTIONS: dict[bytes, int] = {
+    **dict.fromkeys(HOP_BY_HOP, SKIP), **dict.fromkeys(NODE_SET_REQUEST, SKIP),
+    b"content-length": SKIP,        # re-framed by us
+    b"expect": SKIP,                # we answer 100-continue ourselves
+    b"x-forwarded-for": XFF, b"via": VIA, b"host": HOST,
+}
+
+
+def header_actions(strip: frozenset[bytes]) -> dict[bytes, int]:
+    """HEADER_ACTIONS plus the fields the node sets itself (the geo headers)."""
+    return {**dict.fromkeys(strip, SKIP), **HEADER_ACTIONS}
+
+
 def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str,
                         trusted_peer: bool, peer_ip: str, scheme: bytes, via: bytes,
-                        request_id: bytes, strip: frozenset[bytes],
+                        request_id: bytes, actions: dict[bytes, int],
                         extra: list[tuple[bytes, bytes]]) -> bytes:
-    out = [ex.method.encode() + b" " + target + b" HTTP/1.1\r\n"]
+    out = [ex.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
     # Connection may name only hop-by-hop fields: it cannot remove the ones the
     # node relies on ("Connection: Host" must not strip Host: hop-by-hop abuse).
-    drop = ex.conn_tokens - _KEEP if ex.conn_tokens else ex.conn_tokens
+    drop = ex.conn_tokens - _KEEP if ex.conn_tokens else None
     xff_prior: list[bytes] = []
     via_prior: bytes | None = None
-    for ln, name, value in ex.headers:
-        if ln in HOP_BY_HOP or ln in drop or ln in NODE_SET_REQUEST or ln in strip:
-            continue
-        if ln == b"content-length":
-            continue
-        if ln == b"x-forwarded-for":
+    get = actions.get
+    for (ln, value), name in zip(ex.headers, ex.names):
+        act = get(ln)
+        if act is None:
+            if drop and ln in drop:
+                continue
+            out += (name, b": ", value, b"\r\n")
+        elif act == HOST:
+            out += (b"Host: ", host, b"\r\n")
+        elif act == XFF:
             if trusted_peer:
                 xff_prior.append(value)
-            continue
-        if ln == b"via":
+        elif act == VIA:
             via_prior = value if via_prior is None else via_prior + b", " + value
-            continue
-        if ln == b"host":
-            out.append(b"Host: " + host + b"\r\n")
-            continue
-        if ln == b"expect":
-            continue   # we answer 100-continue ourselves
-        out.append(name + b": " + value + b"\r\n")
     if ex.host_count == 0 and host:
-        out.append(b"Host: " + host + b"\r\n")
+        out += (b"Host: ", host, b"\r\n")
     # An HTTP/1.0 request without Host: the exchange adds the backend's address.
     ex.host_missing = not host
-    xff = b", ".join(xff_prior + [peer_ip.encode()])
-    out.append(b"X-Forwarded-For: " + xff + b"\r\n")
-    out.append(b"X-Forwarded-Proto: " + scheme + b"\r\n")
+    xff_prior.append(peer_ip.encode())
+    out += (b"X-Forwarded-For: ", b", ".join(xff_prior), b"\r\nX-Forwarded-Proto: ", scheme, b"\r\n")
     if host:
-        out.append(b"X-Forwarded-Host: " + host + b"\r\n")
-    out.append(b"X-Real-IP: " + client_ip.encode() + b"\r\n")
-    out.append(b"Via: " + (via_prior + b", " if via_prior else b"") + via + b"\r\n")
-    out.append(b"X-Request-Id: " + request_id + b"\r\n")
+        out += (b"X-Forwarded-Host: ", host, b"\r\n")
+    out += (b"X-Real-IP: ", client_ip.encode(), b"\r\nVia: ")
+    if via_prior:
+        out += (via_prior, b", ")
+    out += (via, b"\r\nX-Request-Id: ", request_id, b"\r\n")
     for name, value in extra:
-        out.append(name + b": " + value + b"\r\n")
+        out += (name, b": ", value, b"\r\n")
     if ex.chunked:
         ex.body_chunked_out = True
         out.append(b"Transfer-Encoding: chunked\r\n")
@@ -147,7 +160,7 @@ def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str
     elif ex.method in ("POST", "PUT", "PATCH"):
         out.append(b"Content-Length: 0\r\n")
     if ex.want_upgrade and ex.upgrade is not None:
-        out.append(b"Connection: upgrade\r\nUpgrade: " + ex.upgrade + b"\r\n")
+        out += (b"Connection: upgrade\r\nUpgrade: ", ex.upgrade, b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 
@@ -162,7 +175,7 @@ def client_from_xff(ex: Exchange, peer_ip: str, is_trusted: Callable[[str], bool
     address ends the walk at the last good hop: a broken or forged chain never
     becomes the client address (nor a GeoIP key)."""
     chain: list[str] = []
-    for ln, _n, v in ex.headers:
+    for ln, v in ex.headers:
         if ln == b"x-forwarded-for":
             chain.extend(p.strip() for p in v.decode("latin-1").split(","))
     client = peer_ip

@@ -78,5 +78,5 @@ def test_listing_has_the_numbers() -> None:
     b.on_anomaly(anomaly(), 0.0)
     (row,) = b.listing(4.0)
     assert row == {"kind": "ip", "key": "203.0.113.9", "action": "block", "level": 1,
-                   "ttl_s": 6.0, "age_s": 4.0, "limit_rate": 19.0, "shadow": False,
+                   "ttl_s": 6.0, "age_s": 4.0, "since_monotonic": 0.0, "limit_rate": 19.0, "shadow": False,
                    "rate": 500.0, "mean": 10.0, "sigma": 3.0}
