@@ -76,7 +76,11 @@ class GossipService:
         node.set_local_health(up, total)
         health = node.region_health()
         local = control.config.node.region
-        remote = {r: h.healthy for r, h in health.items() if r != local}
+        # A region with no live node reporting is "unknown", not "down": routing
+        # then goes by this node's own checks of it (the report says True, which
+        # the RegionView treats as no override).
+        remote = {r: (h.healthy if h.alive_nodes > 0 else True)
+                  for r, h in health.items() if r != local}
         msg = {"matrix": node.latency_matrix(), "remote_health": remote}
         if msg != self._last_published:
             self._last_published = msg
