@@ -37,7 +37,9 @@ WARM, RAMP, HOLD = 10.0, 1.0, 5.0
 UPSTREAM_S = 0.010
 
 CONFIG = {
-    "rate_limits": [{"name": "per-ip", "key": "ip", "rate": 30, "burst": 30, "shadow": True}],
+    # Shadow only (the detector does the blocking), tight enough that the attacker
+    # passes it during the ramp, before any mitigation: normal clients run at 5/s.
+    "rate_limits": [{"name": "per-ip", "key": "ip", "rate": 10, "burst": 10, "shadow": True}],
     "detector": {
         "enabled": True, "keys": ["ip", "prefix"], "warmup_s": 5, "min_rate": 20,
         "mitigation": {"action": "limit", "ttl_s": 10, "escalate_after_s": 2},

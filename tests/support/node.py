@@ -20,6 +20,8 @@ def node_config(backends: dict[str, list[str]] | list[str], **overrides: Any) ->
         "listeners": [{"bind": "127.0.0.1:0"}],
         "pools": {"default": {"regions": regions}},
         "routes": [{"name": "default", "pool": "default"}],
+        # Tests read what they need from the node; an access log on stdout is noise.
+        "access_log": {"enabled": False},
     }
     data.update(overrides)
     return parse_config(data)
