@@ -99,9 +99,7 @@ class ListenerConfig(Frozen):
     name: str | None = None
     proxy_protocol: bool = False
     proxy_protocol_from: list[str] = ["127.0.0.0/8", "::1/128"]
-    tls: list[TlsCert] = []
-    acl_allow: list[str] = []
-    acl_deny: list[str] = []
+    tls: list[TlsCert] = []     # listener ACLs: protection.listeners.<name>
 
     @field_validator("bind")
     @classmethod
@@ -109,7 +107,7 @@ class ListenerConfig(Frozen):
         parse_hostport(v)
         return v
 
-    @field_validator("proxy_protocol_from", "acl_allow", "acl_deny")
+    @field_validator("proxy_protocol_from")
     @classmethod
     def _nets(cls, v: list[str]) -> list[str]:
         return _cidrs(v)

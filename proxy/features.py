@@ -27,11 +27,17 @@ def route_acls(config: Config) -> dict[str, Any]:
     return {r.name: r.acl for r in config.routes if r.acl is not None}
 
 
+def protection_configured(config: Config) -> bool:
+    p = config.protection
+    return bool(p.rate_limits or p.acl.allow or p.acl.deny or p.listeners
+                or p.detector.enabled or route_acls(config))
+
+
 class FeatureHooks(NodeHooks):
     def __init__(self, config: Config, worker_id: int, shared: SharedState | None = None) -> None:
         self.worker_id = worker_id
         self.protection = Protection(shared)
-        self.protection.apply_config(config.protection, route_acls(config))
+        self._apply_protection(config)
         self._tick_second = 0
         self.geo = GeoPhase(config)
         self.strip_request_headers = self.geo.strip
@@ -64,6 +70,8 @@ class FeatureHooks(NodeHooks):
         if self.geo.deny and geo is not None and geo.country in self.geo.deny:
             ctx.verdicts.append("geo:deny:" + geo.country)
             return (self.geo.deny_status, f"not available in {geo.country}", [])
+        if not self.protect_on:
+            return None   # nothing configured: ~3 us a request saved (bench_nginx profile)
         client = conn.protect_memo
         if client is None or client.ip != ctx.client_ip:
             client = conn.protect_memo = self.protection.client(ctx.client_ip, geo)
@@ -72,6 +80,8 @@ class FeatureHooks(NodeHooks):
 
     def route_check(self, node: "Node", conn: "Downstream",
                     ctx: "RequestContext") -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        if not self.protect_on:
+            return None
         rej = self.protection.check_route(ctx, node.now(), conn.protect_memo)
         return None if rej is None else (rej.status, rej.reason, rej.headers)
 
@@ -132,8 +142,12 @@ class FeatureHooks(NodeHooks):
             node.selector.update_regions(r.get("matrix"), r.get("remote_health"), r.get("service_ms"))
 
     # lifecycle
+    def _apply_protection(self, config: Config) -> None:
+        self.protection.apply_config(config.protection, route_acls(config))
+        self.protect_on = protection_configured(config)
+
     def reconfigured(self, node: "Node", snapshot: "Snapshot") -> None:
-        self.protection.apply_config(snapshot.config.protection, route_acls(snapshot.config))
+        self._apply_protection(snapshot.config)
         self.geo.configure(snapshot.config)
         self.strip_request_headers = self.geo.strip
         self.header_actions = header_actions(self.geo.strip)
