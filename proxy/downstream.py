@@ -39,16 +39,18 @@ class Downstream(asyncio.Protocol):
     __slots__ = (
         # per-connection state
         "node", "listener", "transport", "parser", "peer_ip", "peer_port", "client_ip",
-        "client_port", "geo", "trusted_peer", "pp_buf", "pp_pending", "paused", "closing",
+        "client_port", "geo", "trusted_peer", "pp_buf", "pp_pending", "paused", "closing", "preset",
         "current", "parsing", "queue", "last_active", "head_started_at", "body_last",
         "tunnel", "held", "upgraded", "requests", "protect_memo", "closed",
         "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
         "advancing", "eof_sent", "write_paused_since",
     )
 
-    def __init__(self, node: "Node", listener: "Listener") -> None:
+    def __init__(self, node: "Node", listener: "Listener",
+                 client: tuple[str, int] | None = None) -> None:
         self.node = node
         self.listener = listener
+        self.preset = client   # the client address, when a PROXY header was read before TLS
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = None
         self.peer_ip = ""
@@ -107,6 +109,9 @@ class Downstream(asyncio.Protocol):
         if not node.connection_opened(self):
             self.transport.abort()  # type: ignore[union-attr]
             self.closed = True
+            return
+        if self.preset is not None:
+            self._identified(*self.preset)
             return
         if self.listener.proxy_protocol:
             if not self.listener.proxy_from(self.peer_ip):

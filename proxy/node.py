@@ -39,6 +39,8 @@ class Listener:
         self._pp_nets = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.proxy_protocol_from)
         self.scheme = b"https" if cfg.tls else b"http"
         self.server: asyncio.AbstractServer | None = None
+        self.accept_task: asyncio.Task[None] | None = None   # PROXY + TLS listeners
+        self.sock: socket.socket | None = None
 
     def proxy_from(self, ip: str) -> bool:
         try:
@@ -119,6 +121,16 @@ class Node:
         for lc in self.snapshot.config.listeners:
             li = Listener(lc)
             sock = make_listen_socket(li.host, li.port, self.reuse_port)
+            if lc.proxy_protocol and lc.tls:
+                # TLS must start exactly after the clear-text PROXY header.
+                from .accept import serve_proxy_tls
+                li.accept_task = self.loop.create_task(
+                    serve_proxy_tls(self, li, sock, tls_context(lc)))  # type: ignore[arg-type]
+                li.sock = sock
+                if li.port == 0:
+                    li.port = sock.getsockname()[1]
+                self.listeners.append(li)
+                continue
             li.server = await self.loop.create_server(
                 lambda li=li: Downstream(self, li), sock=sock, ssl=tls_context(lc),
                 ssl_handshake_timeout=self.snapshot.config.limits.header_timeout_s if lc.tls else None,
@@ -149,6 +161,10 @@ class Node:
         for li in self.listeners:
             if li.server is not None:
                 li.server.close()
+            if li.accept_task is not None:
+                li.accept_task.cancel()
+                if li.sock is not None:
+                    li.sock.close()
         for c in list(self.connections):
             c.close_if_idle()
         limit = self.snapshot.config.limits.drain_timeout_s if deadline_s is None else deadline_s

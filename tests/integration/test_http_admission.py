@@ -154,3 +154,33 @@ async def test_plain_http_to_a_tls_listener_is_refused(certs: list[dict[str, obj
         resps, _raw, closed = await exchange(h.port, request("GET", "/"), timeout=3)
         assert resps == [] and closed
         assert h.backend.stats.requests == 0
+
+
+async def test_proxy_protocol_before_tls_on_one_listener(certs: list[dict[str, object]]) -> None:
+    """The L4 tier's clear-text PROXY header, then the client's TLS: the node
+    starts TLS exactly after the header, and believes the address in it."""
+    import asyncio
+    listener = {"bind": "127.0.0.1:0", "tls": certs, "proxy_protocol": True,
+                "proxy_protocol_from": ["127.0.0.0/8"]}
+    async with harness(listeners=[listener]) as h:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        for header in (b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 443\r\n",
+                       b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11, 0, 12]) + bytes([203, 0, 113, 8])
+                       + bytes([127, 0, 0, 1]) + (51000).to_bytes(2, "big") + (443).to_bytes(2, "big")):
+            r, w = await asyncio.open_connection("127.0.0.1", h.port)
+            w.write(header)
+            await w.drain()
+            await w.start_tls(ctx, server_hostname="a.test")
+            cn = peer_cn(w.get_extra_info("ssl_object").getpeercert(binary_form=True))
+            w.write(request("GET", "/", host="a.test", headers=[("Connection", "close")]))
+            data = await asyncio.wait_for(r.read(), 5)
+            w.close()
+            assert cn == "a.test" and data.startswith(b"HTTP/1.1 200")
+            doc = json.loads(data.partition(b"\r\n\r\n")[2])
+            xff = [v for n, v in doc["headers"] if n.lower() == "x-forwarded-for"]
+            assert xff == ["203.0.113.7" if header[:1] == b"P" else "203.0.113.8"]
+        # No header, or not from the L4 tier's network: refused.
+        resps, _raw, closed = await exchange(h.port, request("GET", "/"), timeout=3)
+        assert resps == [] and closed
