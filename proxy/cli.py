@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .runner import run, setup_logging
     setup_logging(args.log_level)
-    if args.cmd == "check":
+    if args.cmd in ("check", "run"):
         try:
             cfg = load_config(args.file)
         except ConfigError as e:
@@ -58,18 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             for line in e.problems:
                 print(f"  {line}", file=sys.stderr)
             return 1
+        if args.cmd == "run":
+            return run(cfg, args.file)
         print(f"{args.file}: OK ({len(cfg.routes)} routes, {len(cfg.pools)} pools, "
               f"{len(cfg.listeners)} listeners)")
         return 0
-    if args.cmd == "run":
-        try:
-            cfg = load_config(args.file)
-        except ConfigError as e:
-            print(f"{args.file}: {len(e.problems)} error(s):", file=sys.stderr)
-            for line in e.problems:
-                print(f"  {line}", file=sys.stderr)
-            return 1
-        return run(cfg, args.file)
     if args.cmd == "proxy":
         try:
             data = quick_config(args.listen, args.to, args.workers, args.region, args.admin)

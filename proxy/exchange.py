@@ -310,13 +310,7 @@ class Exchange:
             return
         ctx = self.ctx
         assert ctx is not None
-        if self.timer:
-            self._clear_timer()
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.exchange = None
-            up.close()
+        self._drop_upstream()
         stale = self.reused and sent and reason == "upstream-reset-before-response"
         if self.backend is not None:
             # A stale pooled connection or our own connection cap says nothing
@@ -701,9 +695,8 @@ class Exchange:
         self.state = DONE
         self.down.response_finished(self, close=True, aborted=True)
 
-    def cancel(self) -> None:
-        """The client went away: drop the upstream side (never reuse a half-used conn)."""
-        self.resp_parser = None   # breaks the parser <-> exchange cycle
+    def _drop_upstream(self) -> None:
+        """Stop waiting on the backend and close the connection (never reused)."""
         if self.timer:
             self._clear_timer()
         up = self.up
@@ -711,6 +704,11 @@ class Exchange:
         if up is not None:
             up.exchange = None
             up.close()
+
+    def cancel(self) -> None:
+        """The client went away: drop the upstream side (never reuse a half-used conn)."""
+        self.resp_parser = None   # breaks the parser <-> exchange cycle
+        self._drop_upstream()
         self._finish_attempt("cancelled")
         self.state = DONE
 
