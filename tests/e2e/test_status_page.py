@@ -124,10 +124,11 @@ async def test_status_page_of_a_running_node_with_three_regions(tmp_path: Path) 
     measuring the emulated WAN, active health checks)."""
     import aiohttp
 
-    from tests.support.proc import free_port, node_process
+    from tests.support.proc import free_port, node_process, wait_port
     port, admin = free_port(), free_port()
     async with node_process(["demo", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"],
                             tmp_path, port):
+        await wait_port(admin)   # the admin API comes up just after the data listener
         async with aiohttp.ClientSession() as s:
             for _ in range(80):   # wait until gossip has measured every pair
                 async with s.get(f"http://127.0.0.1:{admin}/api/matrix") as r:

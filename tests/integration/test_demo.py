@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.node import raw_exchange
-from tests.support.proc import free_port, node_process
+from tests.support.proc import free_port, node_process, wait_port
 
 
 async def get(port: int, src: str) -> bytes:
@@ -24,6 +24,7 @@ async def test_demo_serves_regions_countries_and_status(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     async with node_process(["demo", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"],
                             tmp_path, port) as node:
+        await wait_port(admin)   # the admin API comes up just after the data listener
         await asyncio.sleep(0.5)
         assert body(await get(port, "127.0.0.1"))["region"] == "us-east-1"
         de = body(await get(port, "127.2.0.1"))
