@@ -84,6 +84,16 @@ class DemoBackend(asyncio.Protocol):
                      b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
 
 
+def _die_with_parent() -> None:
+    """A demo child must not outlive the demo (it holds fixed ports): ask the
+    kernel for SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def gossip_plan() -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
     from .gossip.wanemu import loopback_plan
     return loopback_plan(DEMO_RTT_MS, GOSSIP_PORT, public_net="127.0.9", real_net="127.0.10")
@@ -188,16 +198,24 @@ def run_demo(listen: str, admin: str) -> int:
     seed = addrs["us-east-1"][1]
     for region, (port, delay) in DEMO_REGIONS.items():
         gossip = None if region == "us-east-1" else (*addrs[region], seed)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             try:
+                _die_with_parent()
+                if os.getppid() != parent:
+                    os._exit(0)
                 _serve_region(region, port, delay, gossip)
             finally:
                 os._exit(0)
         pids[region] = pid
+    parent = os.getpid()
     wan_pid = os.fork()
     if wan_pid == 0:
         try:
+            _die_with_parent()
+            if os.getppid() != parent:
+                os._exit(0)
             _serve_wan(plan)
         finally:
             os._exit(0)
