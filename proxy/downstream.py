@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from .context import RequestContext
-from .exchange import DONE, PARSING, TUNNEL, WAITING, Exchange
-from .http11 import HOP_BY_HOP, TCHAR, connection_tokens, error_response, split_host, valid_host
+from .exchange import DONE, PARSING, WAITING, Exchange
+from .http11 import TCHAR, connection_tokens, error_response
 from .proxyproto import ProxyHeaderError, parse_proxy_header
 
 if TYPE_CHECKING:
@@ -717,5 +716,3 @@ _FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
 FEED_SLICE = 16 * 1024       # llhttp is fed heads and chunked bodies this much at a time
 CHUNK_EXT_SLACK = 16 * 1024  # chunk framing allowed beyond 32 bytes per chunk (extensions)
 LINGER_S = 2.0               # after our last response, drain client input this long
-HOP = HOP_BY_HOP
-__all__ = ["Downstream", "Reject", "RequestContext", "split_host", "valid_host", "TUNNEL"]

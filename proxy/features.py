@@ -40,7 +40,6 @@ class FeatureHooks(NodeHooks):
         self._apply_protection(config)
         self._tick_second = 0
         self.geo = GeoPhase(config)
-        self.strip_request_headers = self.geo.strip
         self.header_actions = header_actions(self.geo.strip)
         al = config.access_log
         self.alog: AccessLog | None = (open_access_log(al.path, al.buffer_kib, al.flush_ms)
@@ -149,7 +148,6 @@ class FeatureHooks(NodeHooks):
     def reconfigured(self, node: "Node", snapshot: "Snapshot") -> None:
         self._apply_protection(snapshot.config)
         self.geo.configure(snapshot.config)
-        self.strip_request_headers = self.geo.strip
         self.header_actions = header_actions(self.geo.strip)
         self.geo.start_watching()
 

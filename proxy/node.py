@@ -367,7 +367,6 @@ class NodeHooks:
     is synchronous: it runs on the hot path.
     """
 
-    strip_request_headers: frozenset[bytes] = frozenset()
     header_actions = HEADER_ACTIONS   # what build_upstream_head does with each client field
 
     def admit_connection(self, node: Node, conn: Downstream) -> bool:

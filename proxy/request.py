@@ -15,7 +15,7 @@ import httptools
 
 from .downstream import Reject
 from .exchange import Exchange
-from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, split_host, valid_host, valid_target
+from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, valid_host, valid_target
 
 
 def check_head(ex: Exchange, upgrade_flagged: bool) -> tuple[bytes, bytes]:
@@ -201,4 +201,4 @@ def _ip_of(entry: str) -> str | None:
         return None
 
 
-__all__ = ["check_head", "build_upstream_head", "client_from_xff", "split_host"]
+__all__ = ["check_head", "build_upstream_head", "client_from_xff", "header_actions"]

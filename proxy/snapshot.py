@@ -11,17 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .config import Config, RouteConfig, parse_hostport
-
-
-@dataclass(frozen=True, slots=True)
-class Backend:
-    id: str            # "region/host:port": stable across reloads
-    region: str
-    host: str
-    port: int
-    weight: int
-    zone: str | None
+from .config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +21,8 @@ class Route:
     methods: frozenset[str]
     countries: frozenset[str]
     continents: frozenset[str]
-    pool: str
-    policy: str
-    regions: tuple[str, ...]           # candidate regions, in the configured order
     max_body: int
     write: bool | None
-    cfg: RouteConfig
 
     def matches(self, path: str, method: str, country: str | None, continent: str | None) -> bool:
         p = self.prefix
@@ -95,8 +81,6 @@ class Router:
 class Snapshot:
     config: Config
     router: Router
-    backends: dict[str, Backend]                        # id -> backend
-    pool_regions: dict[str, dict[str, tuple[Backend, ...]]]  # pool -> region -> backends
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     version: int = 0
     extras: dict[str, object] = field(default_factory=dict)
@@ -123,32 +107,17 @@ def _in_nets(ip: str, nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
 
 
 def compile_snapshot(config: Config, version: int = 0) -> Snapshot:
-    backends: dict[str, Backend] = {}
-    pool_regions: dict[str, dict[str, tuple[Backend, ...]]] = {}
-    for pname, pool in config.pools.items():
-        regions: dict[str, tuple[Backend, ...]] = {}
-        for region, specs in pool.regions.items():
-            bs = []
-            for spec in specs:
-                host, port = parse_hostport(spec.address)
-                bid = f"{region}/{host}:{port}"
-                b = backends.get(bid) or Backend(bid, region, host, port, spec.weight, spec.zone)
-                backends[bid] = b
-                bs.append(b)
-            regions[region] = tuple(bs)
-        pool_regions[pname] = regions
+    # Pools and backends are not here: their state lives for the process in
+    # proxy.selection (keyed by backend id), re-applied from config on reload.
     routes: list[Route] = []
     hosts: dict[str, list[str]] = {}
     for rc in config.routes:
-        regions_order = tuple(rc.regions) or tuple(pool_regions[rc.pool])
         routes.append(Route(
             name=rc.name, prefix=rc.match.path_prefix, methods=frozenset(rc.match.methods),
             countries=frozenset(c.upper() for c in rc.match.countries),
             continents=frozenset(c.upper() for c in rc.match.continents),
-            pool=rc.pool, policy=rc.policy, regions=regions_order,
             max_body=rc.max_body_bytes if rc.max_body_bytes is not None else config.limits.max_body_bytes,
-            write=rc.write, cfg=rc))
+            write=rc.write))
         hosts[rc.name] = list(rc.match.hosts)
     trusted = tuple(ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies)
-    return Snapshot(config=config, router=Router(routes, hosts), backends=backends,
-                    pool_regions=pool_regions, trusted=trusted, version=version)
+    return Snapshot(config=config, router=Router(routes, hosts), trusted=trusted, version=version)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -211,6 +210,3 @@ _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)   # Linux; elsewhere n
 _TCP_ESTABLISHED = 1                                        # tcpi_state, linux/tcp_states.h
 STALE_CHECK_AFTER_S = 0.1
 
-
-def monotonic() -> float:
-    return time.monotonic()

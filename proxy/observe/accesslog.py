@@ -243,24 +243,26 @@ class AccessLog:
         assert self._loop is not None
         self._timer = self._loop.call_later(self.flush_interval, self._tick)
 
-    async def close(self) -> None:
-        """Write out what is buffered and stop the writer."""
+    def _stop_writer(self) -> bool:
+        """Stop the flush timer, hand over what is buffered, ask the writer to
+        stop; True if there is a writer thread to join."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.flush()
-        if self._writer.is_alive():
-            self._writer.q.put(_STOP)
+        if not self._writer.is_alive():
+            return False
+        self._writer.q.put(_STOP)
+        return True
+
+    async def close(self) -> None:
+        """Write out what is buffered and stop the writer."""
+        if self._stop_writer():
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
 
     def close_sync(self, timeout: float = 5.0) -> None:
         """close() for code without a loop (benchmarks, CLI one-shots)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.flush()
-        if self._writer.is_alive():
-            self._writer.q.put(_STOP)
+        if self._stop_writer():
             self._writer.join(timeout)
 
     def start_thread_only(self) -> None:
