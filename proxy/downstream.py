@@ -42,7 +42,7 @@ class Downstream(asyncio.Protocol):
         "current", "parsing", "queue", "last_active", "head_started_at", "body_last",
         "tunnel", "held", "upgraded", "requests", "protect_memo", "closed",
         "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
-        "advancing", "eof_sent", "write_paused_since",
+        "advancing", "eof_sent", "write_paused_since", "host_seen", "host_name",
     )
 
     def __init__(self, node: "Node", listener: "Listener",
@@ -83,6 +83,8 @@ class Downstream(asyncio.Protocol):
         self.parsed = 0                          # request messages completely parsed
         self.advancing = False                   # inside _advance (no recursion)
         self.eof_sent = False                    # write_eof done: nothing more may be written
+        self.host_seen: bytes | None = None      # the last Host value validated on this connection
+        self.host_name = ""                      # ... and its host part, lower-cased
 
     # ------------------------------------------------------------------
     # connection
@@ -327,7 +329,7 @@ class Downstream(asyncio.Protocol):
         ex = Exchange(self)
         self.parsing = ex
         if not self.head_started_at:
-            self.head_started_at = self.node.now()
+            self.head_started_at = self.last_active   # set by data_received, our caller
         if self.current is not None:
             # Pipelined: hold further bytes until this one's turn.
             self.pause_reading("pipelined")
@@ -387,7 +389,7 @@ class Downstream(asyncio.Protocol):
         parser = self.parser
         assert parser is not None
         self.head_started_at = 0.0
-        self.body_last = self.node.now()
+        self.body_last = self.last_active   # set by data_received, our caller
         ex.version = parser.get_http_version()
         ex.method = parser.get_method().decode("ascii", "replace")
         ex.keep_alive = parser.should_keep_alive()
@@ -448,14 +450,17 @@ class Downstream(asyncio.Protocol):
     def keep_alive_after(self, ex: Exchange) -> bool:
         return ex.keep_alive and not self.closing and not self.node.draining
 
-    def response_finished(self, ex: Exchange, close: bool, aborted: bool = False) -> None:
+    def response_finished(self, ex: Exchange, close: bool, aborted: bool = False,
+                          now: float = 0.0) -> None:
         # The response parser holds the exchange's bound callbacks: a cycle that
         # only the GC could free, ~25% of the node's CPU under load (measured by
         # loadtests/bench_nginx.py). Break it here, where every exchange ends.
         ex.resp_parser = None
         ctx = ex.ctx
+        if not now:
+            now = self.node.now()
         if ctx is not None:
-            self.node.finish(ctx)
+            self.node.finish(ctx, now)
         if self.current is not ex:
             return
         self.current = None
@@ -472,7 +477,7 @@ class Downstream(asyncio.Protocol):
         if close or not self.keep_alive_after(ex):
             self._close()
             return
-        self.last_active = self.node.now()
+        self.last_active = now
         if self.advancing:
             return   # called from inside _advance (a synchronous answer): it goes on
         self._advance()

@@ -236,9 +236,7 @@ class Node:
         return self._id_prefix + format(next(self._ids), "x")
 
     def head_complete(self, down: Downstream, ex: Exchange) -> None:
-        parser = down.parser
-        assert parser is not None
-        target, host = check_head(ex, parser.should_upgrade())
+        target, host = check_head(ex, down.host_seen)
         client_ip = down.client_ip
         geo = down.geo
         if down.trusted_peer:
@@ -248,8 +246,13 @@ class Node:
                 geo = self.geo_lookup(client_ip)
         rid = self.next_request_id()
         path, _, query = target.partition(b"?")
-        hosts = split_host(host) if host else ""
-        ctx = RequestContext(rid, self.now(), ex.method, hosts, path.decode("latin-1"),
+        if host == down.host_seen:
+            hosts = down.host_name
+        else:
+            hosts = split_host(host) if host else ""
+            if host is ex.host_value:   # validated by check_head: remember it for the next request
+                down.host_seen, down.host_name = host, hosts
+        ctx = RequestContext(rid, down.last_active, ex.method, hosts, path.decode("latin-1"),
                              query.decode("latin-1"), ex.version, client_ip, down.client_port,
                              geo, ex.headers, down.listener.name)
         ex.ctx = ctx
@@ -299,7 +302,7 @@ class Node:
             return
         if ex.expect is not None and (ex.declared_len > 0 or ex.chunked):
             ex.continue_100()
-        ex.start()
+        ex.start(down.last_active)   # every path here runs in a callback that just set it
 
     def _answer(self, down: Downstream, ex: Exchange, status: int, reason: str,
                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -316,10 +319,6 @@ class Node:
         ex.state = DONE
         down.response_finished(ex, close=close)
 
-    def choose_backend(self, ctx: RequestContext, exclude: set[str]) -> Backend | tuple[int, str]:
-        # Backend: proxy.balance.BackendState (id, region, host, port, live stats)
-        return self.selector.pick(ctx, exclude)
-
     def pool_for(self, backend: Backend) -> BackendPool:
         pool = self.pools.get(backend.id)
         if pool is None:
@@ -329,12 +328,6 @@ class Node:
                                up.idle_timeout_s)
             self.pools[backend.id] = pool
         return pool
-
-    def upstream_started(self, backend: Backend) -> None:
-        self.selector.on_start(backend)
-
-    def upstream_finished(self, backend: Backend, latency: float, outcome: str) -> None:
-        self.selector.on_done(backend, latency, outcome)
 
     def explain_wanted(self, ex: Exchange) -> bool:
         if self.snapshot.config.debug_headers:
@@ -349,8 +342,8 @@ class Node:
     # ------------------------------------------------------------------
     # log
     # ------------------------------------------------------------------
-    def finish(self, ctx: RequestContext) -> None:
-        ctx.end = self.now()
+    def finish(self, ctx: RequestContext, now: float = 0.0) -> None:
+        ctx.end = now or self.now()
         self.stats["requests"] += 1
         if ctx.status >= 500 or ctx.status == 0:
             self.stats["errors"] += 1

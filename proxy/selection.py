@@ -15,7 +15,7 @@ from .balance import Cluster, Decision, Plan, RegionPolicy, RegionView, affinity
 from .balance import Selector as BalanceSelector
 from .balance import load_catalogue
 from .balance.backend import BackendState
-from .balance.cluster import on_done, on_start
+from .balance.cluster import on_done
 from .config import REPO_CONFIG_DIR
 
 if TYPE_CHECKING:
@@ -55,15 +55,14 @@ class Selector:
         return {b.id for b in self.cluster.backends()}
 
     # -- hot path ------------------------------------------------------
-    def pick(self, ctx: "RequestContext", exclude: set[str]) -> "BackendState | tuple[int, str]":
+    def pick(self, ctx: "RequestContext", exclude: set[str], now: float) -> "BackendState | tuple[int, str]":
         plan = self.plans[ctx.route.name]
         residency = self.node.hooks.allowed_regions(ctx)
         allowed, jurisdiction = (residency[1], residency[0]) if residency else (None, None)
         key = affinity_key(plan.affinity, ctx) if plan.affinity is not None else None
         geo = ctx.geo
         latlon = (geo.lat, geo.lon) if geo is not None and geo.lat is not None else None
-        d = self.balancer.pick(plan, allowed, key, latlon, exclude or None, time.monotonic(),
-                               jurisdiction)
+        d = self.balancer.pick(plan, allowed, key, latlon, exclude or None, now, jurisdiction)
         b = d.backend
         if b is None:
             return (503, d.reason or "no backend available")
@@ -72,12 +71,9 @@ class Selector:
         ctx.policy_note = d
         return b
 
-    def on_start(self, backend: Any) -> None:
-        on_start(backend)
-
-    def on_done(self, backend: Any, latency: float, outcome: str) -> None:
+    def on_done(self, backend: Any, latency: float, outcome: str, now: float) -> None:
         if outcome in _OUTCOMES:
-            on_done(backend, latency, outcome, time.monotonic())
+            on_done(backend, latency, outcome, now)
         else:
             # The client went away: no verdict on the backend, but it is no longer busy.
             backend.in_flight -= 1

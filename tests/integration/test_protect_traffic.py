@@ -86,6 +86,23 @@ def serving(config: dict[str, Any], workers: int = 1) -> Iterator[int]:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
+        # The port opens with the first worker; a test that needs them all must
+        # not connect before the others listen (SO_REUSEPORT spreads only over
+        # the listeners that exist). Fresh connections until each has answered.
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + 15
+        while len(seen) < workers and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: warm\r\nConnection: close\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+            if b"X-Request-Id: " in head:
+                seen.add(head.split(b"X-Request-Id: ")[1].split(b"-")[0])
+        assert len(seen) == workers, f"only {len(seen)} of {workers} workers answered"
         _ADMIN[port] = admin
         yield port
     finally:
