@@ -530,33 +530,38 @@ class Exchange:
         status = self.resp_status
         reason = self.resp_reason or REASONS.get(status, "Unknown").encode()
         out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-        extra_hop: set[bytes] = set()
         has_cl = False
         chunked = False
+        named: set[bytes] | None = None
+        get = _RESPONSE_ACTIONS.get
         for name, value in self.resp_headers:
-            ln = name.lower()
-            if ln == b"connection":
-                extra_hop |= connection_tokens(value)
-        for name, value in self.resp_headers:
-            ln = name.lower()
-            if ln in HOP_BY_HOP:
-                if ln == b"transfer-encoding":
-                    chunked = True
-                continue
-            if ln in extra_hop:
-                continue
-            if ln == b"content-length":
+            act = get(name.lower())
+            if act is None:
+                out += (name, b": ", value, b"\r\n")
+            elif act == _CL:
                 has_cl = True
-            out.append(name + b": " + value + b"\r\n")
+                out += (name, b": ", value, b"\r\n")
+            elif act == _TE:
+                chunked = True
+            elif act == _CONN:
+                tokens = connection_tokens(value) - HOP_BY_HOP
+                if tokens:
+                    named = tokens if named is None else named | tokens
+        if named is not None:
+            # Rare: Connection names end-to-end fields; they are hop-by-hop now.
+            # One more pass, over our own output, drops them.
+            out = out[:1] + [b"".join(out[i:i + 4]) for i in range(1, len(out), 4)
+                             if out[i].lower() not in named]
+            has_cl = has_cl and b"content-length" not in named
         if interim:
             out.append(b"\r\n")
             return b"".join(out)
         ctx = self.ctx
         assert ctx is not None
-        out.append(self.node.via_header)
-        out.append(b"X-Request-Id: " + ctx.request_id.encode() + b"\r\n")
-        if self.node.explain_wanted(self):
-            out.append(b"X-NovaEdge-Decision: " + self.node.explain(ctx).encode() + b"\r\n")
+        node = self.node
+        out += (node.via_header, b"X-Request-Id: ", ctx.request_id.encode(), b"\r\n")
+        if (self.down.trusted_peer or node.snapshot.config.debug_headers) and node.explain_wanted(self):
+            out.append(b"X-NovaEdge-Decision: " + node.explain(ctx).encode() + b"\r\n")
         client_11 = self.version == "1.1"
         if self.resp_no_body:
             pass
@@ -732,6 +737,11 @@ class Exchange:
         if self.version == "1.1" and not self.body_complete and not self.resp_head_sent:
             self.down.write(CONTINUE_100)
 
+
+# What _render_head does with a response field, by lower-case name (None: forward).
+_HOP, _CL, _TE, _CONN = 1, 2, 3, 4
+_RESPONSE_ACTIONS: dict[bytes, int] = {**dict.fromkeys(HOP_BY_HOP, _HOP), b"content-length": _CL,
+                                       b"transfer-encoding": _TE, b"connection": _CONN}
 
 IDEMPOTENT_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
