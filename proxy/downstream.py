@@ -464,9 +464,10 @@ class Downstream(asyncio.Protocol):
         if self.current is not ex:
             return
         self.current = None
-        # Pauses that belonged to this exchange's upstream end with it.
-        self.resume_reading("upstream-full")
-        self.resume_reading("connecting")
+        if self.paused:
+            # Pauses that belonged to this exchange's upstream end with it.
+            self.resume_reading("upstream-full")
+            self.resume_reading("connecting")
         t = self.transport
         if t is None or self.closed:
             return
@@ -474,13 +475,14 @@ class Downstream(asyncio.Protocol):
             self.closing = True
             t.abort()
             return
-        if close or not self.keep_alive_after(ex):
+        if close or not ex.keep_alive or self.closing or self.node.draining:
             self._close()
             return
         self.last_active = now
         if self.advancing:
             return   # called from inside _advance (a synchronous answer): it goes on
-        self._advance()
+        if self.queue or self.paused or self.upgraded or self.deferred is not None or self.client_eof:
+            self._advance()   # else nothing waits: the next request starts when it arrives
 
     def _advance(self) -> None:
         """Start what comes next on a kept-alive connection. Iterative, not

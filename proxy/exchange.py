@@ -633,7 +633,7 @@ class Exchange:
                     and not self.resp_close_delimited and up.usable())
         if up is not None and self.pool is not None:
             if reusable:
-                self.pool.release(up, now)
+                self.pool.release(up, now, usable=True)
             else:
                 up.exchange = None
                 up.close()

@@ -277,11 +277,14 @@ class Node:
     def dispatch(self, down: Downstream, ex: Exchange) -> None:
         ctx = ex.ctx
         assert ctx is not None
-        verdict = self.hooks.protect(self, down, ctx)
-        if verdict is not None:
-            status, reason, headers = verdict
-            self._answer(down, ex, status, reason, headers)
-            return
+        hooks = self.hooks
+        protecting = hooks.protect_active
+        if protecting:
+            verdict = hooks.protect(self, down, ctx)
+            if verdict is not None:
+                status, reason, headers = verdict
+                self._answer(down, ex, status, reason, headers)
+                return
         geo = ctx.geo
         route = self.snapshot.router.match(
             ctx.host, ctx.path, ctx.method,
@@ -291,11 +294,12 @@ class Node:
             return
         ctx.route = route
         ctx.is_write = route.write if route.write is not None else ctx.method not in IDEMPOTENT
-        verdict = self.hooks.route_check(self, down, ctx)
-        if verdict is not None:
-            status, reason, headers = verdict
-            self._answer(down, ex, status, reason, headers)
-            return
+        if protecting:
+            verdict = hooks.route_check(self, down, ctx)
+            if verdict is not None:
+                status, reason, headers = verdict
+                self._answer(down, ex, status, reason, headers)
+                return
         ex.max_body = route.max_body
         if ex.declared_len > route.max_body:
             self._answer(down, ex, 413, f"request body over {route.max_body} bytes")
@@ -361,6 +365,11 @@ class NodeHooks:
     """
 
     header_actions = HEADER_ACTIONS   # what build_upstream_head does with each client field
+    # False: protect() and route_check() would answer None for every request,
+    # so the node does not call them (hooks that configure nothing say so).
+    protect_active = True
+    # False: allowed_regions() would answer None for every request.
+    residency_active = True
 
     def admit_connection(self, node: Node, conn: Downstream) -> bool:
         return True

@@ -57,7 +57,8 @@ class Selector:
     # -- hot path ------------------------------------------------------
     def pick(self, ctx: "RequestContext", exclude: set[str], now: float) -> "BackendState | tuple[int, str]":
         plan = self.plans[ctx.route.name]
-        residency = self.node.hooks.allowed_regions(ctx)
+        hooks = self.node.hooks
+        residency = hooks.allowed_regions(ctx) if hooks.residency_active else None
         allowed, jurisdiction = (residency[1], residency[0]) if residency else (None, None)
         key = affinity_key(plan.affinity, ctx) if plan.affinity is not None else None
         geo = ctx.geo

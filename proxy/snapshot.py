@@ -23,6 +23,11 @@ class Route:
     continents: frozenset[str]
     max_body: int
     write: bool | None
+    catch_all: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "catch_all", self.prefix == "/" and not (
+            self.methods or self.countries or self.continents))
 
     def matches(self, path: str, method: str, country: str | None, continent: str | None) -> bool:
         p = self.prefix
@@ -71,8 +76,11 @@ class Router:
 
     def match(self, host: str, path: str, method: str, country: str | None,
               continent: str | None) -> Route | None:
-        for r in self.candidates(host):
-            if r.matches(path, method, country, continent):
+        rs = self.exact.get(host)
+        for r in (rs if rs is not None else self.candidates(host)):
+            # "/" with no method or geo condition (the usual catch-all) matches
+            # without a call; anything else asks the route.
+            if r.catch_all or r.matches(path, method, country, continent):
                 return r
         return None
 

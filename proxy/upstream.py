@@ -154,12 +154,14 @@ class BackendPool:
             conn.close()
         return None
 
-    def release(self, conn: UpstreamConnection, now: float) -> None:
+    def release(self, conn: UpstreamConnection, now: float, usable: bool = False) -> None:
+        """Back to the idle list (`usable`: the caller has just checked conn.usable())."""
         self.busy.discard(conn)
         conn.exchange = None
-        if conn.usable() and len(self.idle) < self.max_idle:
+        if (usable or conn.usable()) and len(self.idle) < self.max_idle:
             conn.idle_since = now
-            conn.resume_reading()   # notice a close while idle
+            if conn.paused_by_client:
+                conn.resume_reading()   # notice a close while idle
             self.idle.append(conn)
         else:
             conn.close()
