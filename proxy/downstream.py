@@ -337,9 +337,10 @@ class Downstream(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
         assert ex is not None
+        n = len(url)
         ex.url.append(url)
-        ex.header_bytes += len(url)
-        ex.url_len += len(url)
+        ex.header_bytes += n
+        ex.url_len += n
         if ex.url_len > ex.limits.max_request_line:
             raise Reject(414, "request target too long")
 
@@ -399,7 +400,7 @@ class Downstream(asyncio.Protocol):
             # this returns), so an answer given during dispatch can keep the connection.
             ex.body_complete = True
         if self.current is None:
-            self._activate(ex)
+            self._activate(ex, parsing=True)
         else:
             ex.state = WAITING
             self.queue.append(ex)
@@ -433,7 +434,10 @@ class Downstream(asyncio.Protocol):
     # ------------------------------------------------------------------
     # request lifecycle
     # ------------------------------------------------------------------
-    def _activate(self, ex: Exchange) -> None:
+    def _activate(self, ex: Exchange, parsing: bool = False) -> None:
+        """Start answering `ex`. `parsing`: called from its own headers-complete
+        callback, so llhttp reports the end of its message (on_message_complete
+        -> request_done) right after this returns."""
         self.current = ex
         self.requests += 1
         held, ex.pending_body = ex.pending_body, []
@@ -444,7 +448,7 @@ class Downstream(asyncio.Protocol):
             if ex.state == DONE:
                 break
             ex.request_body(chunk)
-        if ex.body_complete and ex.state != DONE:
+        if ex.body_complete and ex.state != DONE and not parsing:
             ex.request_done()
 
     def keep_alive_after(self, ex: Exchange) -> bool:
