@@ -1,7 +1,7 @@
 """JSON access log: one line per request, written off the event loop.
 
 `log(ctx)` formats the line (orjson) and copies it into a bytearray; every
-`flush_interval` (100 ms) or at `flush_bytes` (256 KiB) the bytearray is
+`flush_interval` (100 ms) or when `flush_bytes` (256 KiB) are full, it is
 handed to one writer thread, which writes it and hands it back for reuse.
 Why a reused bytearray, not a list of line objects: a batch of ~700 live
 lines of ~1 KiB malloc'd each (orjson's output) made glibc grow the heap and
@@ -33,6 +33,7 @@ from collections import deque
 import threading
 import time
 from collections.abc import Callable
+from math import floor, trunc
 from typing import IO, TYPE_CHECKING, Any
 
 try:
@@ -47,6 +48,10 @@ log = logging.getLogger("novaedge.accesslog")
 
 MAX_PATH_CHARS = 2048
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000)) + (".999Z",)
+# the line's keys, in order
+LINE_FIELDS = ("time", "id", "client", "country", "method", "host", "path", "status", "bytes_in",
+               "bytes_out", "total_ms", "upstream_ms", "route", "region", "backend", "verdicts",
+               "error", "retries")
 _REOPEN = object()
 _STOP = object()
 
@@ -141,9 +146,10 @@ class AccessLog:
         self._mono = mono
         self._wall_offset = clock() - mono()   # refreshed on every flush (NTP steps)
         # Lines go into _buf[:_buf_bytes] through _view; the rest of _buf is old bytes.
-        # Fixed capacity (a memoryview copy is ~80 ns cheaper than growing the
-        # bytearray); a line that does not fit takes the slow path (_overflow).
-        self._cap = min(flush_bytes, 1 << 20) + (64 << 10)
+        # Fixed capacity, flush_bytes (at most 1 MiB), reused: a memoryview copy is
+        # ~80 ns cheaper than growing a bytearray; a line that does not fit takes
+        # the slow path (_overflow), which flushes.
+        self._cap = min(flush_bytes, 1 << 20)
         self._buf = bytearray(self._cap)
         self._view = memoryview(self._buf)
         self._buf_bytes = 0
@@ -152,52 +158,70 @@ class AccessLog:
         self._writer = _Writer(path)
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sec = -1
-        self._sec_text = ""
+        self._sec = self._prev_sec = -1
+        self._sec_text = self._prev_text = ""
+        self._rec: dict[str, Any] = dict.fromkeys(LINE_FIELDS)
+        # finish.observe_and_log's: the fields up to "route", which holds the rest as JSON text
+        self._rec_short: dict[str, Any] = dict.fromkeys(LINE_FIELDS[:LINE_FIELDS.index("route") + 1])
 
     # -- formatting (pure) ---------------------------------------------------
 
     def _time_text(self, now: float) -> str:
-        sec = int(now)
-        if sec != self._sec:  # strftime is ~1.5 us: once a second, not per line
-            self._sec = sec
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        """The line time of wall time `now`; on the hot path only its per-second
+        prefix is made here (on a change of second), the rest inline."""
+        sec = floor(now)
+        if sec != self._sec:
+            # strftime is ~1.5 us: once a second, not per line. The previous
+            # second is kept too: lines that end out of order around a second
+            # boundary swap the two instead of formatting each time.
+            if sec == self._prev_sec:
+                text = self._prev_text
+            else:
+                text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self._prev_sec, self._prev_text = self._sec, self._sec_text
+            self._sec, self._sec_text = sec, text
         # a table lookup and one concat: half the cost of an f-string with :03d
         # +1e-4 ms: 100.020 stored as 100.0199999 still prints .020 (truncating, as strftime)
-        return self._sec_text + _MILLIS[int((now - sec) * 1000 + 1e-4)]
+        return self._sec_text + _MILLIS[trunc((now - sec) * 1000 + 1e-4)]
 
     def format(self, ctx: RequestContext) -> bytes:
+        """The JSON line of a finished request (finish.observe_and_log inlines
+        this; keep the two in step, tests/unit/observe checks they agree)."""
         geo = ctx.geo
         route = ctx.route
+        start = ctx.start
         end = ctx.end
         up_at = ctx.upstream_headers_at
         # The line's time is the request's end on the wall clock: no clock call per
         # line, and the per-second prefix is cached (strftime is ~1.5 us).
-        now = (end or ctx.start) + self._wall_offset
-        sec = int(now)
+        # math.floor/trunc rather than int(): ~30 ns less a call (int() goes through
+        # the type call), the same values (trunc is int()'s rounding; now > 0).
+        now = (end or start) + self._wall_offset
+        sec = floor(now)
         if sec != self._sec:
             self._time_text(now)
-        rec = {
-            "time": self._sec_text + _MILLIS[int((now - sec) * 1000 + 1e-4)],
-            "id": ctx.request_id,
-            "client": ctx.client_ip,
-            "country": geo.country if geo is not None else None,
-            "method": ctx.method,
-            "host": ctx.host,
-            "path": ctx.path[:MAX_PATH_CHARS],   # a full-length slice is the same object: free
-            "status": ctx.status,
-            "bytes_in": ctx.bytes_in,
-            "bytes_out": ctx.bytes_out,
-            # int(us + .5) / 1000: ms rounded to 3 decimals at a third of round(x, 3)'s cost
-            "total_ms": int((end - ctx.start) * 1e6 + 0.5) / 1000 if end else None,
-            "upstream_ms": int((up_at - ctx.upstream_start) * 1e6 + 0.5) / 1000 if up_at else None,
-            "route": route.name if route is not None else None,
-            "region": ctx.region,
-            "backend": ctx.backend,
-            "verdicts": ctx.verdicts,
-            "error": ctx.error,
-            "retries": ctx.retries,
-        }
+        # One dict reused for every line, its values replaced: ~0.3 us cheaper
+        # than building an 18-key dict per line. Key order is the line's order.
+        rec = self._rec
+        rec["time"] = self._sec_text + _MILLIS[trunc((now - sec) * 1000 + 1e-4)]
+        rec["id"] = ctx.request_id
+        rec["client"] = ctx.client_ip
+        rec["country"] = geo.country if geo is not None else None
+        rec["method"] = ctx.method
+        rec["host"] = ctx.host
+        rec["path"] = ctx.path[:MAX_PATH_CHARS]   # a full-length slice is the same object: free
+        rec["status"] = ctx.status
+        rec["bytes_in"] = ctx.bytes_in
+        rec["bytes_out"] = ctx.bytes_out
+        # trunc(us + .5) / 1000: ms rounded to 3 decimals at a third of round(x, 3)'s cost
+        rec["total_ms"] = trunc((end - start) * 1e6 + 0.5) / 1000 if end else None
+        rec["upstream_ms"] = trunc((up_at - ctx.upstream_start) * 1e6 + 0.5) / 1000 if up_at else None
+        rec["route"] = route.name if route is not None else None
+        rec["region"] = ctx.region
+        rec["backend"] = ctx.backend
+        rec["verdicts"] = ctx.verdicts
+        rec["error"] = ctx.error
+        rec["retries"] = ctx.retries
         try:
             return _orjson_dumps(rec, option=_OPT)
         except TypeError:  # orjson refuses lone surrogates (undecodable request bytes)
@@ -211,8 +235,10 @@ class AccessLog:
         return self._buf_bytes + self._handed - self._writer.written
 
     def log(self, ctx: RequestContext) -> None:
-        # Per line: format, append, add. The bound is enforced per batch in flush():
+        # Per line: format, copy, add. The bound is enforced per batch in flush():
         # checking it per line cost ~0.3 us (three attribute loads across objects).
+        # The buffer holds flush_bytes: a line that does not fit raises (no cost
+        # when none does) and _overflow flushes, so no size check per line.
         line = self.format(ctx)
         pos = self._buf_bytes
         n = pos + len(line)
@@ -223,8 +249,6 @@ class AccessLog:
             return
         self._buf_bytes = n
         self._buf_lines += 1
-        if n >= self.flush_bytes:
-            self.flush()
 
     def _overflow(self, line: bytes) -> None:
         """The line does not fit in the buffer: hand the buffer over, then
@@ -235,8 +259,6 @@ class AccessLog:
             self._view[:n] = line
             self._buf_bytes = n
             self._buf_lines = 1
-            if n >= self.flush_bytes:
-                self.flush()
         else:
             self._hand(line, n, 1)
 
