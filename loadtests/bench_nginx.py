@@ -28,6 +28,13 @@ headers, no X-Forwarded-*/Via/X-Request-Id) and "py-floor" (bench/floor_proxy.py
 the least a uvloop+httptools proxy can cost) are reference rows in the c64 tiny
 cells: what the header work costs nginx, and how close Python can get.
 
+Observability cost (issue 7): "novaedge-observe" is the same build with
+metrics and the access log ON (the log written to a file in the run's temp
+dir), measured in the c64 tiny minimal cell only, in the same alternating
+runs; the report states its CPU us/request over plain "novaedge" (which runs
+with both off): "observe cost in the core bench: +X us/req". --no-observe
+leaves it out.
+
 Writes the report to artifacts/bench_nginx.txt (and the profile's raw stacks
 and flame graph beside it).
 """
@@ -58,6 +65,8 @@ TARGET_P99 = 1.5
 PATHS = {"tiny": "/tiny", "16k": "/16k"}
 REFERENCES = ("nginx-bare", "py-floor")
 NOVAEDGES = ("novaedge", "candidate")
+OBSERVE = "novaedge-observe"      # novaedge with metrics + access log on
+OBSERVE_CELL = "c64 tiny minimal"
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,8 @@ def run_matrix(out: Report, args: argparse.Namespace, proxies: dict[str, servers
             names = ["nginx-matched", *[n for n in NOVAEDGES if n in proxies]]
             if cell.is_target:   # reference rows only where the targets are
                 names[1:1] = [n for n in REFERENCES if n in proxies]
+            if cell.label == OBSERVE_CELL and OBSERVE in proxies:
+                names.insert(names.index("novaedge") + 1, OBSERVE)
             if (rnd + i) % 2:
                 names.reverse()   # alternate who goes first, cell by cell and round by round
             plan += [(rnd, cell, n) for n in names]
@@ -234,6 +245,29 @@ def run_matrix(out: Report, args: argparse.Namespace, proxies: dict[str, servers
             f"p99 {r.res.p99_us / 1000:6.2f} ms  {r.cpu_us:6.1f} us/req  load {r.load_pct:3.0f}%  wait {r.wait_pct:4.1f}%  noise {r.noise_pct:3.0f}%"
             f"{'  errors ' + str(r.res.errors) if r.res.error_count else ''}{note}")
     return runs
+
+
+def observe_cost(out: Report, runs: list[Run]) -> None:
+    """The observe row against plain novaedge, the per-request CPU difference."""
+    def rows(name: str) -> list[Run]:
+        return [r for r in runs if r.cell.label == OBSERVE_CELL and r.proxy == name]
+    obs, plain = rows(OBSERVE), rows("novaedge")
+    if not obs or not plain:
+        return
+    a, b = aggregate(obs), aggregate(plain)
+    # each round measures both back to back: the per-round differences show the spread
+    per = sorted(o.cpu_us - p.cpu_us for o, p in zip(sorted(obs, key=lambda r: r.round),
+                                                       sorted(plain, key=lambda r: r.round)))
+    spread = f", per round {per[0]:+.1f} to {per[-1]:+.1f}" if len(per) > 1 else ""
+    out(f"Observability (issue 7), {OBSERVE_CELL}: {OBSERVE} {a.cpu_us:.1f} us/req "
+        f"(usr {a.usr_us:.1f} + sys {a.sys_us:.1f}), novaedge {b.cpu_us:.1f} us/req "
+        f"(usr {b.usr_us:.1f} + sys {b.sys_us:.1f}); req/s {a.rps:.0f} vs {b.rps:.0f}")
+    out(f"  observe cost in the core bench: {a.cpu_us - b.cpu_us:+.1f} us/req{spread} "
+        f"(usr {a.usr_us - b.usr_us:+.1f}, sys {a.sys_us - b.sys_us:+.1f}; metrics + access log to a file; "
+        f"target < 3 us/req)")
+    out("  (both rows run the CPU flat out: a slower proxy also pays more kernel TCP work per request, "
+        "so the sys part is partly that, not the log's writes)")
+    out()
 
 
 def _rel(p: Path) -> str:
@@ -331,6 +365,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="repeat a run once when other processes used more than this %% of a core")
     ap.add_argument("--max-wait", type=float, default=3.0,
                     help="repeat a run once when the proxy waited for its CPU more than this %% of it")
+    ap.add_argument("--no-observe", action="store_true",
+                    help=f"skip the {OBSERVE} row (metrics + access log on) in the c64 tiny minimal cell")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy and strace section")
     ap.add_argument("--profile-only", action="store_true", help="only the py-spy and strace section")
     ap.add_argument("--profile-seconds", type=float, default=10.0)
@@ -382,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidate is not None and not args.profile_only:
         proxies["candidate"] = servers.NovaEdge(workdir / "candidate", PROXY_CPU, backend.port,
                                                 args.candidate.resolve(), name="candidate")
+    if not args.no_observe and not args.profile_only and 64 in args.conns:
+        proxies[OBSERVE] = servers.NovaEdge(workdir / OBSERVE, PROXY_CPU, backend.port,
+                                            args.novaedge_root.resolve(), name=OBSERVE, observe=True)
     if not args.no_refs and not args.profile_only:
         proxies["nginx-bare"] = servers.NginxProxy(workdir / "nginx-bare", PROXY_CPU, backend.port,
                                                    "bare", args.keepalive)
@@ -421,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in headline or ["  (no c64 tiny cell measured)"]:
             out(line)
         out()
+        observe_cost(out, runs)
     out.save(args.out)
     if not args.no_profile:
         profile_section(out, args, proxies, scripts, workdir, children)

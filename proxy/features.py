@@ -14,6 +14,7 @@ from .geo import GeoPhase
 from .node import NodeHooks
 from .request import header_actions
 from .observe import AccessLog, WorkerMetrics, open_access_log
+from .observe.finish import observe_and_log
 from .protect import Protection, SharedState
 
 if TYPE_CHECKING:
@@ -100,10 +101,15 @@ class FeatureHooks(NodeHooks):
             self.metrics.inflight += 1
 
     def finished(self, node: "Node", ctx: "RequestContext") -> None:
-        if self.metrics is not None:
-            self.metrics.observe(ctx)
-        if self.alog is not None:
-            self.alog.log(ctx)
+        m = self.metrics
+        a = self.alog
+        if m is not None:
+            if a is not None:
+                observe_and_log(m, a, ctx)   # both in one pass: ~0.3 us less (bench_observe)
+            else:
+                m.observe(ctx)
+        elif a is not None:
+            a.log(ctx)
 
     def drain_report(self, node: "Node") -> dict[str, Any]:
         out: dict[str, Any] = {"backends": node.selector.report(),

@@ -291,17 +291,22 @@ class NovaEdge(Child):
     name = "novaedge"
 
     def __init__(self, workdir: Path, cpu: int, backend_port: int, root: Path = REPO,
-                 name: str = "novaedge") -> None:
+                 name: str = "novaedge", observe: bool = False) -> None:
         self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(workdir, cpu)
         self.backend_port = backend_port
         self.root = root   # another checkout (a worktree with a candidate fix) can be measured
+        # observe: metrics and the access log on (the log to a file in workdir), to
+        # measure what they cost per request beside the plain build
+        self.observe = observe
+        self.access_log = workdir / "access.log"
         self.config, self.switched_off = self._build_config()
 
     def _build_config(self) -> tuple[dict[str, Any], list[str]]:
         """The quick-start config (what `proxy proxy --to` builds), with every
-        optional per-request feature this build knows about turned off.
+        optional per-request feature this build knows about turned off (with
+        `observe`, metrics and the access log on instead).
 
         Each optional key is tried with the build's own `check` command (in a
         child process, so two checkouts never share an imported `proxy`); keys
@@ -320,8 +325,12 @@ class NovaEdge(Child):
         if not ok:
             raise RuntimeError(f"{self.root}: the quick-start config does not validate:\n{msg}")
         switched: list[str] = []
-        optional = (("access_log", {"enabled": False}, "access_log.enabled=false"),
-                    ("metrics", {"enabled": False}, "metrics.enabled=false"),
+        observed = (("access_log", {"enabled": True, "path": str(self.access_log)},
+                     f"access log ON to {self.access_log.name} in its temp dir"),
+                    ("metrics", {"enabled": True}, "metrics ON"))
+        off = (("access_log", {"enabled": False}, "access_log.enabled=false"),
+               ("metrics", {"enabled": False}, "metrics.enabled=false"))
+        optional = (*(observed if self.observe else off),
                     # the admin API's default port is fixed: two nodes would collide
                     ("admin", {"listen": "127.0.0.1:0"}, "admin API on an ephemeral port"))
         for key, value, said in optional:

@@ -10,6 +10,7 @@ Wiring (what the node calls):
     flusher = asyncio.create_task(run_flusher(metrics, channel.send, cfg.metrics.flush_interval_s))
     ...  metrics.begin()            when a request head is complete
     ...  metrics.observe(ctx); alog.log(ctx)      when it ends, also on error
+         (or both in one pass: finish.observe_and_log(metrics, alog, ctx), as proxy.features does)
     ...  flusher.cancel(); await alog.close()     at shutdown
 
     # control plane, once per node

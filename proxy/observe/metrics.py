@@ -36,6 +36,13 @@ latency by route, upstream latency by region and backend).
 
 Labels are raw here and normalised (ISO country check, cardinality cap) by
 the aggregator, once per second per distinct key instead of per request.
+Likewise per batch, in drain(), not per request: a record's count (the sum
+of its total-latency buckets, as every request adds one to exactly one) and
+the in-flight level (begun minus counted); the hot path keys records by the
+raw (route name or None, region, backend, class), mapped to the wire's
+"none" labels in drain(). A hot-path record also carries one more slot,
+R_FRAG, which drain() strips: the access log's JSON text for the key's
+route, region and backend (see finish.py).
 """
 from __future__ import annotations
 
@@ -65,6 +72,7 @@ R_LAT_SUM = R_LAT + N_BUCKETS
 R_UP = R_LAT_SUM + 1                         # first upstream-latency bucket
 R_UP_SUM = R_UP + N_BUCKETS
 RECORD_LEN = R_UP_SUM + 1
+R_FRAG = RECORD_LEN                          # hot-path only, not shipped (see the docstring)
 
 # status // 100 -> class label; 0 (no response sent, e.g. client gone) -> "none"
 _CODE_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -83,8 +91,9 @@ def code_class(status: int) -> str:
 class WorkerMetrics:
     """Counts one worker's requests; `drain()` returns and resets the deltas.
 
-    Contract with the data plane: call `begin()` when a request head is
-    complete and `observe(ctx)` exactly once when it ends (also on error);
+    Contract with the data plane: call `begin()` (or ``inflight += 1``) when a
+    request head is complete and `observe(ctx)` (or `finish.observe_and_log`)
+    exactly once when it ends (also on error); `inflight` is right after drain();
     ctx.end should be set by then (else now is used). Route names are read
     from ``ctx.route.name``; ctx.region/ctx.backend are config ids. Not
     thread-safe: one instance per event loop.
@@ -100,7 +109,8 @@ class WorkerMetrics:
         self._reset()
 
     def _reset(self) -> None:
-        self._requests: dict[tuple[str, str, str, str], list[float]] = {}
+        # keyed by raw labels, records with the R_FRAG slot: see the module docstring
+        self._requests: dict[tuple[str | None, str | None, str | None, str], list[Any]] = {}
         self._clients: dict[tuple[str | None, str | None], int] = {}
         self._verdicts: dict[str, int] = {}
         self._errors: dict[tuple[str, str], int] = {}
@@ -114,15 +124,14 @@ class WorkerMetrics:
         self.inflight += 1
 
     def observe(self, ctx: RequestContext) -> None:
-        self.inflight -= 1
+        # finish.observe_and_log inlines this: keep the two in step
         route = ctx.route
-        rname: str = route.name if route is not None else NONE
         c = ctx.status // 100
-        key = (rname, ctx.region or NONE, ctx.backend or NONE, _CODE_CLASS[c] if 0 <= c <= 5 else "other")
+        key = (route.name if route is not None else None, ctx.region, ctx.backend,
+               _CODE_CLASS[c] if 0 <= c <= 5 else "other")
         r = self._requests.get(key)
         if r is None:
-            r = self._requests[key] = [0] * R_LAT_SUM + [0.0] + [0] * N_BUCKETS + [0.0]
-        r[R_COUNT] += 1
+            r = self._requests[key] = new_record()
         r[R_IN] += ctx.bytes_in
         r[R_OUT] += ctx.bytes_out
         t = (ctx.end or self._clock()) - ctx.start
@@ -138,15 +147,19 @@ class WorkerMetrics:
         gkey = (geo.country, geo.continent) if geo is not None else (None, None)
         g = self._clients
         g[gkey] = g.get(gkey, 0) + 1
-        if ctx.verdicts:
-            v = self._verdicts
-            for verdict in ctx.verdicts:
-                v[verdict] = v.get(verdict, 0) + 1
-        if ctx.error is not None:
-            ekey = (rname, ctx.error)
+        if ctx.verdicts or ctx.error is not None or ctx.retries:
+            self.count_rare(route.name if route is not None else NONE, ctx.verdicts, ctx.error, ctx.retries)
+
+    def count_rare(self, route: str, verdicts: list[str], error: str | None, retries: int) -> None:
+        """The parts of a request most have none of: verdicts, an error, retries."""
+        v = self._verdicts
+        for verdict in verdicts:
+            v[verdict] = v.get(verdict, 0) + 1
+        if error is not None:
+            ekey = (route, error)
             self._errors[ekey] = self._errors.get(ekey, 0) + 1
-        if ctx.retries:
-            self._retries[rname] = self._retries.get(rname, 0) + ctx.retries
+        if retries:
+            self._retries[route] = self._retries.get(route, 0) + retries
 
     # -- events outside a finished request ---------------------------------
 
@@ -169,9 +182,23 @@ class WorkerMetrics:
 
     def drain(self) -> dict[str, Any]:
         """Counts since the last drain, as a picklable dict; resets them."""
+        requests: dict[tuple[str, str, str, str], list[Any]] = {}
+        done = 0
+        for (route, region, backend, cls), r in self._requests.items():
+            del r[RECORD_LEN:]                             # the hot-path-only slot
+            n = r[R_COUNT] = sum(r[R_LAT:R_LAT_SUM])       # one total-latency bucket a request
+            done += n
+            key = (NONE if route is None else route, region or NONE, backend or NONE, cls)
+            have = requests.get(key)
+            if have is None:
+                requests[key] = r
+            else:   # None and "none" (or "") are one label on the wire
+                for i, x in enumerate(r):
+                    have[i] += x
+        self.inflight -= done
         deltas: dict[str, Any] = {
             "v": DELTA_VERSION, "worker": self.worker, "inflight": self.inflight,
-            "requests": self._requests, "clients": self._clients, "verdicts": self._verdicts, "errors": self._errors, "retries": self._retries,
+            "requests": requests, "clients": self._clients, "verdicts": self._verdicts, "errors": self._errors, "retries": self._retries,
             "connect_failures": self._connect_failures, "ejections": self._ejections,
         }
         if self._access_log is not None:
@@ -180,6 +207,11 @@ class WorkerMetrics:
             self._log_dropped_seen = dropped
         self._reset()
         return deltas
+
+
+def new_record() -> list[Any]:
+    """A hot-path record: the wire record plus the R_FRAG slot."""
+    return [0] * R_LAT_SUM + [0.0] + [0] * N_BUCKETS + [0.0, None]
 
 
 async def run_flusher(metrics: WorkerMetrics, send: Callable[[dict[str, Any]], object],

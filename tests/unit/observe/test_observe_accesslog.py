@@ -134,3 +134,40 @@ def test_any_request_strings_make_exactly_one_json_line(path: str, host: str, er
     rec = json.loads(line)
     assert rec["path"] == path[:MAX_PATH_CHARS] and rec["host"] == host
     assert rec["error"] == error and rec["verdicts"] == verdicts
+
+
+def test_lines_past_a_buffer_and_longer_than_one_keep_their_order(tmp_path: Path, make_ctx) -> None:
+    # flush_bytes beyond the buffer's capacity: lines that do not fit hand the
+    # buffer over; a line longer than a whole buffer goes to the writer alone
+    path = tmp_path / "access.log"
+    log = fixed_log(str(path), flush_bytes=1 << 30)
+    log.start_thread_only()
+    huge = "h" * (log._cap + 10)
+    try:
+        ids = []
+        for i in range(log._cap // 300 + 50):
+            rid = f"r{i}"
+            log.log(make_ctx(request_id=rid, host=huge if i in (3, 500) else "api.example.com"))
+            ids.append(rid)
+        log.flush()
+    finally:
+        log.close_sync()
+    recs = [json.loads(x) for x in path.read_bytes().splitlines()]
+    assert [r["id"] for r in recs] == ids
+    assert recs[3]["host"] == huge and recs[4]["host"] == "api.example.com"
+    assert log.lines == len(ids) and log.dropped == 0 and log.pending == 0
+
+
+def test_buffers_are_reused_once_written(tmp_path: Path, make_ctx) -> None:
+    log = fixed_log(str(tmp_path / "a.log"))
+    log.start_thread_only()
+    try:
+        first = log._buf
+        log.log(make_ctx())
+        log.flush()
+        _wait_for(lambda: log.pending == 0)
+        log.log(make_ctx())
+        log.flush()                       # takes the written buffer back
+        assert log._buf is first
+    finally:
+        log.close_sync()
