@@ -42,7 +42,7 @@ class Downstream(asyncio.Protocol):
         "current", "parsing", "queue", "last_active", "head_started_at", "body_last",
         "tunnel", "held", "upgraded", "requests", "protect_memo", "closed",
         "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
-        "advancing", "eof_sent", "write_paused_since", "host_seen", "host_name",
+        "advancing", "eof_sent", "write_paused_since", "host_seen", "host_name", "fwd_memo",
     )
 
     def __init__(self, node: "Node", listener: "Listener",
@@ -85,6 +85,7 @@ class Downstream(asyncio.Protocol):
         self.eof_sent = False                    # write_eof done: nothing more may be written
         self.host_seen: bytes | None = None      # the last Host value validated on this connection
         self.host_name = ""                      # ... and its host part, lower-cased
+        self.fwd_memo: list[object] = [None, b""]   # build_upstream_head's forwarding fields
 
     # ------------------------------------------------------------------
     # connection

@@ -51,6 +51,8 @@ class GeoPhase:
         self.strip = frozenset(v.lower() for _k, v in self.headers)
         self.edge_region = config.node.region.encode()
         self.static = [(name, self.edge_region) for k, name in self.headers if k == "region"]
+        self._fwd_geo: GeoRecord | None = None   # forward_headers' last record and answer
+        self._fwd: list[tuple[bytes, bytes]] = []
         # country -> (jurisdiction name, allowed regions)
         self.residency: dict[str, tuple[str, frozenset[str]]] = {}
         for name, j in config.jurisdictions.items():
@@ -75,6 +77,8 @@ class GeoPhase:
     def forward_headers(self, geo: GeoRecord | None) -> list[tuple[bytes, bytes]]:
         if geo is None or geo is UNKNOWN:
             return self.static   # no GeoIP answer: only the edge's own region
+        if geo is self._fwd_geo:
+            return self._fwd      # a connection's requests share one record
         out: list[tuple[bytes, bytes]] = []
         for key, name in self.headers:
             if key == "region":
@@ -83,6 +87,7 @@ class GeoPhase:
                 v = getattr(geo, key)
                 if v is not None:
                     out.append((name, str(v).encode()))
+        self._fwd_geo, self._fwd = geo, out
         return out
 
     def allowed_regions(self, geo: GeoRecord | None) -> tuple[str, frozenset[str]] | None:

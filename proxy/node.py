@@ -260,7 +260,7 @@ class Node:
         ex.req_head = build_upstream_head(
             ex, target, host, client_ip, down.trusted_peer, down.client_ip,
             down.listener.scheme, b"1.1 novaedge", rid.encode(),
-            self.hooks.header_actions, self.hooks.forward_headers(self, ctx))
+            self.hooks.header_actions, self.hooks.forward_headers(self, ctx), down.fwd_memo)
 
     def bare_context(self, down: Downstream, ex: Exchange) -> RequestContext:
         """A context for a request that failed before its head was understood."""

@@ -120,7 +120,11 @@ def header_actions(strip: frozenset[bytes]) -> dict[bytes, int]:
 def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str,
                         trusted_peer: bool, peer_ip: str, scheme: bytes, via: bytes,
                         request_id: bytes, actions: dict[bytes, int],
-                        extra: list[tuple[bytes, bytes]]) -> bytes:
+                        extra: list[tuple[bytes, bytes]], memo: list[object] | None = None) -> bytes:
+    """The head we send upstream. `memo`: a per-connection [key, block] pair
+    that keeps the forwarding fields (X-Forwarded-*, X-Real-IP, Via and the
+    `extra` ones), the same for every request of a connection that brings no
+    X-Forwarded-For or Via of its own."""
     out = [ex.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
     # Connection may name only hop-by-hop fields: it cannot remove the ones the
     # node relies on ("Connection: Host" must not strip Host: hop-by-hop abuse).
@@ -145,16 +149,15 @@ def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str
         out += (b"Host: ", host, b"\r\n")
     # An HTTP/1.0 request without Host: the exchange adds the backend's address.
     ex.host_missing = not host
-    xff_prior.append(peer_ip.encode())
-    out += (b"X-Forwarded-For: ", b", ".join(xff_prior), b"\r\nX-Forwarded-Proto: ", scheme, b"\r\n")
-    if host:
-        out += (b"X-Forwarded-Host: ", host, b"\r\n")
-    out += (b"X-Real-IP: ", client_ip.encode(), b"\r\nVia: ")
-    if via_prior:
-        out += (via_prior, b", ")
-    out += (via, b"\r\nX-Request-Id: ", request_id, b"\r\n")
-    for name, value in extra:
-        out += (name, b": ", value, b"\r\n")
+    if xff_prior or via_prior is not None or memo is None:
+        out.append(_forwarding(host, client_ip, peer_ip, scheme, via, xff_prior, via_prior, extra))
+    else:
+        key = (host, client_ip, extra)
+        if memo[0] != key:
+            memo[0] = key
+            memo[1] = _forwarding(host, client_ip, peer_ip, scheme, via, xff_prior, None, extra)
+        out.append(memo[1])  # type: ignore[arg-type]
+    out += (b"X-Request-Id: ", request_id, b"\r\n")
     if ex.chunked:
         ex.body_chunked_out = True
         out.append(b"Transfer-Encoding: chunked\r\n")
@@ -165,6 +168,23 @@ def build_upstream_head(ex: Exchange, target: bytes, host: bytes, client_ip: str
     if ex.want_upgrade and ex.upgrade is not None:
         out += (b"Connection: upgrade\r\nUpgrade: ", ex.upgrade, b"\r\n")
     out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _forwarding(host: bytes, client_ip: str, peer_ip: str, scheme: bytes, via: bytes,
+                xff_prior: list[bytes], via_prior: bytes | None,
+                extra: list[tuple[bytes, bytes]]) -> bytes:
+    """The fields the node sets: X-Forwarded-For/-Proto/-Host, X-Real-IP, Via, `extra`."""
+    out = [b"X-Forwarded-For: ", b", ".join([*xff_prior, peer_ip.encode()]),
+           b"\r\nX-Forwarded-Proto: ", scheme, b"\r\n"]
+    if host:
+        out += (b"X-Forwarded-Host: ", host, b"\r\n")
+    out += (b"X-Real-IP: ", client_ip.encode(), b"\r\nVia: ")
+    if via_prior:
+        out += (via_prior, b", ")
+    out += (via, b"\r\n")
+    for name, value in extra:
+        out += (name, b": ", value, b"\r\n")
     return b"".join(out)
 
 
