@@ -2,7 +2,7 @@
 A program that prints figures, not a test.
 
     python loadtests/bench_nginx.py            # full: 8 cells x 2 rounds, 10 s runs (~8 min)
-    python loadtests/bench_nginx.py --quick    # 64 connections only, 5 s runs (~2 min)
+    python loadtests/bench_nginx.py --quick    # 64 connections only, 5 s runs (~3 min)
     python loadtests/bench_nginx.py --profile-only   # just the py-spy / strace section
 
 Pinning (the machine has 2 cores): the proxy under test on CPU 0; the backend
@@ -34,6 +34,19 @@ dir), measured in the c64 tiny minimal cell only, in the same alternating
 runs; the report states its CPU us/request over plain "novaedge" (which runs
 with both off): "observe cost in the core bench: +X us/req". --no-observe
 leaves it out.
+
+Same offered load (paced): the matrix runs every proxy flat out, where a
+slower proxy also gets less batching per epoll wakeup (more kernel CPU per
+request) and its p99 is mostly queueing. After it, the c64 tiny minimal cell
+is run again with every row (nginx-matched, novaedge, novaedge-observe) at
+one request rate, wrk's Lua delay() holding its 64 connections to a send
+schedule (bench/wrk.py; latency is timed from the send, think time excluded):
+"Same offered load (paced, N req/s)" gives achieved req/s (should agree within
+5%), p50/p90/p99/max, CPU us/req and the ratios to nginx at that load, and
+"observe cost at equal load: +X us/req". The rate is --paced-rate, by default
+--paced-fraction (0.6) of the slowest row's saturated req/s in this run,
+rounded (10000 when the matrix did not run that cell). --no-paced skips it
+(about 1 min in --quick).
 
 Writes the report to artifacts/bench_nginx.txt (and the profile's raw stacks
 and flame graph beside it).
@@ -67,6 +80,8 @@ REFERENCES = ("nginx-bare", "py-floor")
 NOVAEDGES = ("novaedge", "candidate")
 OBSERVE = "novaedge-observe"      # novaedge with metrics + access log on
 OBSERVE_CELL = "c64 tiny minimal"
+PACED_DEFAULT_RATE = 10000   # req/s when no saturated run of the cell gives one
+PACED_SPREAD = 0.05          # achieved req/s of the paced rows should agree within this
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,9 @@ class Cell:
     @property
     def is_target(self) -> bool:
         return self.conns == 64 and self.size == "tiny"
+
+
+PACED_CELL = Cell(64, "tiny", "minimal")   # the paced section's cell (= OBSERVE_CELL)
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,9 @@ def measure(p: servers.Child, cell: Cell, scripts: dict[str, Path], duration: fl
 class Agg:
     rps: float
     p50_ms: float
+    p90_ms: float
     p99_ms: float
+    max_ms: float
     cpu_us: float
     usr_us: float
     sys_us: float
@@ -144,7 +164,9 @@ def aggregate(runs: list[Run]) -> Agg:
     sys_ = sum(r.cpu.sys for r in runs)
     per = sorted(r.cpu_us for r in runs)
     return Agg(rps=reqs / dur, p50_ms=statistics.median(r.res.p50_us for r in runs) / 1000,
+               p90_ms=statistics.median(r.res.p90_us for r in runs) / 1000,
                p99_ms=statistics.median(r.res.p99_us for r in runs) / 1000,
+               max_ms=max(r.res.max_us for r in runs) / 1000,
                cpu_us=(usr + sys_) / reqs * 1e6, usr_us=usr / reqs * 1e6, sys_us=sys_ / reqs * 1e6,
                cpu_pct=(usr + sys_) / dur * 100, wait_pct=max(r.wait_pct for r in runs),
                noise_pct=max(r.noise_pct for r in runs),
@@ -209,7 +231,6 @@ def table(out: Report, cells: list[Cell], runs: list[Run]) -> list[str]:
 
 def run_matrix(out: Report, args: argparse.Namespace, proxies: dict[str, servers.Child],
                cells: list[Cell], scripts: dict[str, Path], ours: list[servers.Child]) -> list[Run]:
-    runs: list[Run] = []
     plan = []
     for rnd in range(args.rounds):
         for i, cell in enumerate(cells):
@@ -226,13 +247,24 @@ def run_matrix(out: Report, args: argparse.Namespace, proxies: dict[str, servers
     out(f"{len(plan)} runs of {args.duration:g} s, about {total / 60:.1f} min; noisy runs repeated "
         f"once while the whole stays under {args.budget:g} min")
     out()
+    return run_plan(out, args, proxies, plan, scripts, ours, args.budget * 60)
+
+
+def run_plan(out: Report, args: argparse.Namespace, proxies: dict[str, servers.Child],
+             plan: list[tuple[int, Cell, str]], scripts: dict[str, Path], ours: list[servers.Child],
+             budget_s: float, tag: str = "") -> list[Run]:
+    """Measures ``plan`` (round, cell, proxy) in order, printing a line per run;
+    a noisy run is repeated once (the quieter kept) while the plan stays under
+    ``budget_s``. ``tag`` marks the progress lines (the paced section's)."""
+    runs: list[Run] = []
+    per_run = args.duration + 1.5
     t_start = time.monotonic()
     for k, (rnd, cell, name) in enumerate(plan, 1):
         r = measure(proxies[name], cell, scripts, args.duration, rnd, ours)
         note = ""
         left = (len(plan) - k) * per_run
         noisy = r.noise_pct > args.max_noise or r.wait_pct > args.max_wait
-        if noisy and time.monotonic() - t_start + left + per_run > args.budget * 60:
+        if noisy and time.monotonic() - t_start + left + per_run > budget_s:
             note = "  (noisy, not repeated: time budget)"
         elif noisy:
             time.sleep(1.0)
@@ -240,7 +272,7 @@ def run_matrix(out: Report, args: argparse.Namespace, proxies: dict[str, servers
             note = f"  (repeated: noise {r.noise_pct:.0f}%, wait {r.wait_pct:.1f}%)"
             r = again if again.noise_pct + again.wait_pct < r.noise_pct + r.wait_pct else r
         runs.append(r)
-        out(f"  [{k:>2}/{len(plan)} {time.monotonic() - t_start:5.0f}s] round {rnd + 1} {cell.label:<20} "
+        out(f"  [{k:>2}/{len(plan)} {time.monotonic() - t_start:5.0f}s] round {rnd + 1} {tag}{cell.label:<20} "
             f"{name:<14} {r.res.rps:8.0f} req/s  p50 {r.res.p50_us / 1000:6.2f} ms  "
             f"p99 {r.res.p99_us / 1000:6.2f} ms  {r.cpu_us:6.1f} us/req  load {r.load_pct:3.0f}%  wait {r.wait_pct:4.1f}%  noise {r.noise_pct:3.0f}%"
             f"{'  errors ' + str(r.res.errors) if r.res.error_count else ''}{note}")
@@ -267,6 +299,87 @@ def observe_cost(out: Report, runs: list[Run]) -> None:
         f"target < 3 us/req)")
     out("  (both rows run the CPU flat out: a slower proxy also pays more kernel TCP work per request, "
         "so the sys part is partly that, not the log's writes)")
+    out()
+
+
+def paced_names(proxies: dict[str, servers.Child]) -> list[str]:
+    names = ["nginx-matched", *[n for n in NOVAEDGES if n in proxies]]
+    if OBSERVE in proxies:
+        names.insert(names.index("novaedge") + 1, OBSERVE)
+    return names
+
+
+def paced_rate(args: argparse.Namespace, names: list[str], saturated: list[Run]) -> tuple[int, str]:
+    """--paced-rate, or --paced-fraction of the slowest paced row's saturated
+    req/s in this run's PACED_CELL, rounded to 100; else PACED_DEFAULT_RATE."""
+    if args.paced_rate:
+        return args.paced_rate, "--paced-rate"
+    sat = {n: aggregate(rows).rps for n in names
+           if (rows := [r for r in saturated if r.cell == PACED_CELL and r.proxy == n])}
+    if not sat:
+        return PACED_DEFAULT_RATE, f"default: no saturated {PACED_CELL.label} runs to take it from"
+    slow = min(sat, key=lambda n: sat[n])
+    rate = max(100, int(round(args.paced_fraction * sat[slow], -2)))
+    return rate, (f"{args.paced_fraction:.0%} of the slowest saturated req/s above ({slow} "
+                  f"{sat[slow]:.0f}), rounded")
+
+
+def paced_section(out: Report, args: argparse.Namespace, proxies: dict[str, servers.Child],
+                  workdir: Path, ours: list[servers.Child], saturated: list[Run]) -> None:
+    """PACED_CELL again, every row at the same offered request rate (wrk's delay()
+    hook, bench/wrk.py): at saturation a slower proxy also gets less batching
+    per wakeup (more kernel CPU per request) and its p99 is mostly queueing; at
+    equal load CPU/req and p99 compare like for like (issue 2's "p99 at the same
+    load", issue 7's observe cost)."""
+    cell, names = PACED_CELL, paced_names(proxies)
+    rate, why = paced_rate(args, names, saturated)
+    scripts = {cell.headers: wrk.write_script(workdir / f"paced-{cell.headers}.lua",
+                                              wrk.HEADER_SETS[cell.headers], rate, cell.conns)}
+    plan = [(rnd, cell, n) for rnd in range(args.rounds)
+            for n in (reversed(names) if rnd % 2 else names)]   # alternate who goes first, as the matrix
+    per_run = args.duration + 1.5
+    out(f"== Same offered load (paced, {rate} req/s): {cell.label}, {', '.join(names)} ==")
+    out(f"Rate: {why}. wrk's delay() hook keeps one send schedule for its {cell.conns} connections, "
+        f"one request every 1/{rate} s, so each connection waits about {cell.conns}/{rate} s = "
+        f"{cell.conns / rate * 1000:.1f} ms between requests; latency is timed from the send (think time "
+        f"not in it). wrk's timers tick in whole ms, so requests leave in bursts of about {rate / 1000:.0f} "
+        f"each ms: p50 includes waiting behind the rest of the burst, which grows with CPU/req. "
+        f"{len(plan)} runs of {args.duration:g} s (about {len(plan) * per_run / 60:.1f} min), "
+        f"rows alternating first round by round.")
+    out()
+    runs = run_plan(out, args, proxies, plan, scripts, ours, 2 * len(plan) * per_run, tag="paced ")
+    out()
+    by = {n: aggregate([r for r in runs if r.proxy == n]) for n in names}
+    base = by["nginx-matched"]
+    out(f"  {'proxy':<17} {'req/s':>7} {'vs asked':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+        f"{'max ms':>7} {'CPU us/req':>10} {'usr+sys':>11} {'runs':>11} {'CPU%':>5} {'wait%':>5} "
+        f"{'noise%':>6}  {'CPU x':>6} {'p99 x':>6}")
+    for n, a in by.items():
+        ratios = f"{a.cpu_us / base.cpu_us:6.2f} {a.p99_ms / base.p99_ms:6.2f}" if n != "nginx-matched" else ""
+        err = f"  ERRORS: {a.errors}" if a.errors else ""
+        out(f"  {n:<17} {a.rps:7.0f} {(a.rps / rate - 1) * 100:+7.1f}% {a.p50_ms:7.2f} {a.p90_ms:7.2f} "
+            f"{a.p99_ms:7.2f} {a.max_ms:7.2f} {a.cpu_us:10.1f} {a.usr_us:5.1f}+{a.sys_us:<5.1f} "
+            f"{a.spread:>11} {a.cpu_pct:5.0f} {a.wait_pct:5.1f} {a.noise_pct:6.0f}  {ratios}{err}")
+    lo, hi = min(a.rps for a in by.values()), max(a.rps for a in by.values())
+    ok = hi / lo - 1 <= PACED_SPREAD and all(abs(a.rps / rate - 1) <= PACED_SPREAD for a in by.values())
+    out(f"  achieved req/s {lo:.0f} to {hi:.0f} (asked {rate}): rows {hi / lo - 1:.1%} apart, "
+        + ("same load, comparable" if ok else
+           f"NOT within {PACED_SPREAD:.0%}: a row fell behind the schedule, its figures are not at equal load"))
+    for n in names:
+        if n != "nginx-matched":
+            px = by[n].p99_ms / base.p99_ms
+            out(f"  p99 at equal load: {n:<17} {px:5.2f}x nginx-matched (issue 2 target <= {TARGET_P99}x) "
+                f"{verdict(px, TARGET_P99, ok)}; CPU/req {by[n].cpu_us / base.cpu_us:5.2f}x")
+    if OBSERVE in by:
+        o, b = by[OBSERVE], by["novaedge"]
+        per = sorted(x.cpu_us - y.cpu_us for x, y in zip(sorted((r for r in runs if r.proxy == OBSERVE),
+                                                                 key=lambda r: r.round),
+                                                          sorted((r for r in runs if r.proxy == "novaedge"),
+                                                                 key=lambda r: r.round)))
+        spread = f", per round {per[0]:+.1f} to {per[-1]:+.1f}" if len(per) > 1 else ""
+        out(f"  observe cost at equal load: {o.cpu_us - b.cpu_us:+.1f} us/req (usr {o.usr_us - b.usr_us:+.1f}, "
+            f"sys {o.sys_us - b.sys_us:+.1f}){spread}; {OBSERVE} {o.cpu_us:.1f} vs novaedge {b.cpu_us:.1f} us/req")
+    out("  (p50/p90/p99: median of the runs; max: of all runs; x = this row / nginx-matched at the same rate)")
     out()
 
 
@@ -367,6 +480,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="repeat a run once when the proxy waited for its CPU more than this %% of it")
     ap.add_argument("--no-observe", action="store_true",
                     help=f"skip the {OBSERVE} row (metrics + access log on) in the c64 tiny minimal cell")
+    ap.add_argument("--no-paced", action="store_true",
+                    help=f"skip the same-offered-load section ({PACED_CELL.label} at one fixed req/s)")
+    ap.add_argument("--paced-rate", type=int, default=None,
+                    help="req/s offered to every row in the paced section (default: --paced-fraction of "
+                         f"the slowest row's saturated req/s in this run, else {PACED_DEFAULT_RATE})")
+    ap.add_argument("--paced-fraction", type=float, default=0.6,
+                    help="the paced rate as a fraction of the slowest saturated req/s (default 0.6)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy and strace section")
     ap.add_argument("--profile-only", action="store_true", help="only the py-spy and strace section")
     ap.add_argument("--profile-seconds", type=float, default=10.0)
@@ -461,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
             out(line)
         out()
         observe_cost(out, runs)
+        out.save(args.out)
+        if not args.no_paced:
+            paced_section(out, args, proxies, workdir, children, runs)
     out.save(args.out)
     if not args.no_profile:
         profile_section(out, args, proxies, scripts, workdir, children)

@@ -51,9 +51,59 @@ def _lua_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_script(path: Path, headers: list[tuple[str, str]]) -> Path:
+# Paced load: wrk calls delay() when a connection is ready to send its next
+# request (after its previous response, and before its first) and sends once
+# the returned milliseconds have passed; the latency it records starts at the
+# send (c->start is set after the delay), so think time is not in p50/p99.
+# delay() has no connection argument, so the script keeps one send schedule for
+# the thread (we run -t1): slot k at t0 + k/RATE, each call takes the next slot
+# and waits until it. With C connections each one waits about C/RATE s between
+# requests, and the rate is RATE whatever the proxy's latency (a fixed think
+# time would give C/(think + latency), i.e. a slower proxy would get less load).
+# A slot already past (the proxy fell behind) is sent at once: the schedule is
+# kept, so a stall is followed by catch-up, as an open-loop client would; a
+# proxy that cannot keep up runs saturated and its achieved rate shows it.
+# wrk truncates the delay to whole ms, so the script rounds: a request goes out
+# within 0.5 ms of its slot, the average rate is exact. wrk's (ae) timers have
+# ms resolution, so the sends come in bursts of about RATE/1000 per ms tick. The clock is LuaJIT's
+# ffi clock_gettime(CLOCK_MONOTONIC); without ffi (a wrk built on plain Lua)
+# it falls back to a fixed think time of C/RATE s per connection.
+_PACED = r"""
+local interval_ms = 1000 / %(rate)r
+local fallback_ms = math.floor(%(conns)d * interval_ms + 0.5)
+local ok, ffi = pcall(require, "ffi")
+local now_ms = nil
+if ok then
+  ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec_t;
+    int clock_gettime(int clk_id, bench_timespec_t *tp);
+  ]]
+  local ts = ffi.new("bench_timespec_t")
+  now_ms = function()
+    ffi.C.clock_gettime(1, ts)   -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+end
+local slot = nil
+delay = function()
+  if now_ms == nil then return fallback_ms end
+  local now = now_ms()
+  slot = slot and slot + interval_ms or now
+  local d = slot - now
+  if d <= 0 then return 0 end
+  return math.floor(d + 0.5)
+end
+"""
+
+
+def write_script(path: Path, headers: list[tuple[str, str]], rate: float | None = None,
+                 conns: int = 64) -> Path:
+    """The header set and the BENCHJSON line; with ``rate`` (requests/s for the
+    whole run, one wrk thread) also the paced ``delay()`` hook above, ``conns``
+    being the connections (only for the fixed-think-time fallback)."""
     lines = [f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}" for k, v in headers]
-    path.write_text("\n".join(lines) + "\n" + _DONE)
+    paced = _PACED % {"rate": float(rate), "conns": conns} if rate else ""
+    path.write_text("\n".join(lines) + "\n" + paced + _DONE)
     return path
 
 
