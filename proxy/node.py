@@ -282,8 +282,7 @@ class Node:
         if protecting:
             verdict = hooks.protect(self, down, ctx)
             if verdict is not None:
-                status, reason, headers = verdict
-                self._answer(down, ex, status, reason, headers)
+                self._answer(down, ex, *verdict)   # (status, reason, headers)
                 return
         geo = ctx.geo
         route = self.snapshot.router.match(
@@ -297,8 +296,7 @@ class Node:
         if protecting:
             verdict = hooks.route_check(self, down, ctx)
             if verdict is not None:
-                status, reason, headers = verdict
-                self._answer(down, ex, status, reason, headers)
+                self._answer(down, ex, *verdict)   # (status, reason, headers)
                 return
         ex.max_body = route.max_body
         if ex.declared_len > route.max_body:
