@@ -11,10 +11,18 @@ the request's key, so orjson serialises 13 keys instead of 18. About 0.2 us a
 request less than the two calls, ~2.3 us for both in all (loadtests/
 bench_observe.py). It inlines WorkerMetrics.observe and AccessLog.format/log:
 a change to either must be made here too.
+
+The same function is also written in C (`_finish.c`, built by setup.py as
+proxy.observe._finish): `observe_and_log` is that one when it was built
+(and NOVAEDGE_PURE_PYTHON is not set), this file's `observe_and_log_py`
+otherwise; the C one hands anything unusual (another context class,
+non-float times) to the Python one, and the tests run both on the same
+random contexts. A change here must be made in _finish.c too.
 """
 from __future__ import annotations
 
 from bisect import bisect_left
+import os
 from math import floor, trunc
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +32,8 @@ except ImportError:  # pragma: no cover - as in accesslog: every line takes the 
     orjson = None  # type: ignore[assignment]
 
 from .accesslog import _MILLIS, _OPT, MAX_PATH_CHARS, AccessLog
-from .metrics import LATENCY_BOUNDS, NONE, R_FRAG, R_LAT, R_LAT_SUM, R_UP, R_UP_SUM, WorkerMetrics, code_class, new_record
+from .metrics import (LATENCY_BOUNDS, NONE, R_FRAG, R_LAT, R_LAT_SUM, R_TAIL, R_UP, R_UP_SUM, WorkerMetrics,
+                      code_class, new_record)
 
 if TYPE_CHECKING:
     from proxy.context import RequestContext
@@ -37,21 +46,27 @@ _dumps: Any = orjson.dumps if orjson is not None else None
 _TAIL = b',"verdicts":[],"error":null,"retries":0'
 
 
-def tail_fragment(route: str | None, region: str | None, backend: str | None) -> Any:
+def tail_text(route: str | None, region: str | None, backend: str | None) -> bytes | bool:
     """The JSON of a line's last six fields for a request without verdicts,
-    error or retries, as one orjson.Fragment that stands for the "route"
-    value: made once per record key a second instead of serialising six
-    fields a line. False when orjson cannot do it (no orjson, lone surrogates)."""
+    error or retries, from the "route" value on: made once per record key a
+    second instead of serialising six fields a line (the C version writes
+    it as it is). False when orjson cannot do it (no orjson, lone surrogates)."""
     if _dumps is None:
         return False
     try:
-        return orjson.Fragment(_dumps(route) + b',"region":' + _dumps(region) + b',"backend":'
-                               + _dumps(backend) + _TAIL)
+        return (_dumps(route) + b',"region":' + _dumps(region) + b',"backend":'
+                + _dumps(backend) + _TAIL)
     except TypeError:
         return False
 
 
-def observe_and_log(m: WorkerMetrics, a: AccessLog, ctx: RequestContext) -> None:
+def tail_fragment(route: str | None, region: str | None, backend: str | None) -> Any:
+    """tail_text as one orjson.Fragment that stands for the "route" value."""
+    text = tail_text(route, region, backend)
+    return orjson.Fragment(text) if text else False
+
+
+def observe_and_log_py(m: WorkerMetrics, a: AccessLog, ctx: RequestContext) -> None:
     route = ctx.route
     status = ctx.status
     region = ctx.region
@@ -150,3 +165,23 @@ def observe_and_log(m: WorkerMetrics, a: AccessLog, ctx: RequestContext) -> None
         return
     a._buf_bytes = n
     a._buf_lines += 1
+
+
+def _load_c() -> Any:
+    """The C observe_and_log, set up with this file's constants; None when
+    it was not built, orjson is missing or NOVAEDGE_PURE_PYTHON=1."""
+    if _dumps is None or os.environ.get("NOVAEDGE_PURE_PYTHON") == "1":
+        return None
+    try:
+        from . import _finish  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    from proxy.context import RequestContext
+    _finish.setup(RequestContext, observe_and_log_py, new_record, tail_fragment, tail_text, _CLASS,
+                  _MILLIS, LATENCY_BOUNDS, (R_LAT, R_LAT_SUM, R_UP, R_UP_SUM, R_FRAG, R_TAIL), MAX_PATH_CHARS,
+                  _dumps, _OPT, NONE)
+    return _finish.observe_and_log
+
+
+observe_and_log_c = _load_c()
+observe_and_log = observe_and_log_c or observe_and_log_py

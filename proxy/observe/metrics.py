@@ -40,9 +40,10 @@ Likewise per batch, in drain(), not per request: a record's count (the sum
 of its total-latency buckets, as every request adds one to exactly one) and
 the in-flight level (begun minus counted); the hot path keys records by the
 raw (route name or None, region, backend, class), mapped to the wire's
-"none" labels in drain(). A hot-path record also carries one more slot,
-R_FRAG, which drain() strips: the access log's JSON text for the key's
-route, region and backend (see finish.py).
+"none" labels in drain(). A hot-path record also carries two more slots,
+R_FRAG and R_TAIL, which drain() strips: the access log's JSON text for the
+key's route, region and backend, as an orjson.Fragment and as bytes (see
+finish.py).
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ R_UP = R_LAT_SUM + 1                         # first upstream-latency bucket
 R_UP_SUM = R_UP + N_BUCKETS
 RECORD_LEN = R_UP_SUM + 1
 R_FRAG = RECORD_LEN                          # hot-path only, not shipped (see the docstring)
+R_TAIL = R_FRAG + 1                          # the same text as bytes, for finish's C version
 
 # status // 100 -> class label; 0 (no response sent, e.g. client gone) -> "none"
 _CODE_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -180,12 +182,14 @@ class WorkerMetrics:
 
     # -- shipping ------------------------------------------------------
 
-    def drain(self) -> dict[str, Any]:
-        """Counts since the last drain, as a picklable dict; resets them."""
+    def drain(self, inflight: int | None = None) -> dict[str, Any]:
+        """Counts since the last drain, as a picklable dict; resets them.
+        `inflight`: the level now, when the caller counts it (the node does:
+        it calls neither begin() nor anything per request for it)."""
         requests: dict[tuple[str, str, str, str], list[Any]] = {}
         done = 0
         for (route, region, backend, cls), r in self._requests.items():
-            del r[RECORD_LEN:]                             # the hot-path-only slot
+            del r[RECORD_LEN:]                             # the hot-path-only slots
             n = r[R_COUNT] = sum(r[R_LAT:R_LAT_SUM])       # one total-latency bucket a request
             done += n
             key = (NONE if route is None else route, region or NONE, backend or NONE, cls)
@@ -195,7 +199,10 @@ class WorkerMetrics:
             else:   # None and "none" (or "") are one label on the wire
                 for i, x in enumerate(r):
                     have[i] += x
-        self.inflight -= done
+        if inflight is None:
+            self.inflight -= done
+        else:
+            self.inflight = inflight
         deltas: dict[str, Any] = {
             "v": DELTA_VERSION, "worker": self.worker, "inflight": self.inflight,
             "requests": requests, "clients": self._clients, "verdicts": self._verdicts, "errors": self._errors, "retries": self._retries,
@@ -210,8 +217,8 @@ class WorkerMetrics:
 
 
 def new_record() -> list[Any]:
-    """A hot-path record: the wire record plus the R_FRAG slot."""
-    return [0] * R_LAT_SUM + [0.0] + [0] * N_BUCKETS + [0.0, None]
+    """A hot-path record: the wire record plus the R_FRAG and R_TAIL slots."""
+    return [0] * R_LAT_SUM + [0.0] + [0] * N_BUCKETS + [0.0, None, None]
 
 
 async def run_flusher(metrics: WorkerMetrics, send: Callable[[dict[str, Any]], object],
