@@ -6,8 +6,10 @@ Prints CPU ns/request (process CPU time, best and median of `repeat` runs) for
   WorkerMetrics.observe(ctx)           (begin() included)
   AccessLog.log(ctx)                    (format + buffer; the writer thread writes to /dev/null)
   both as two calls, observe() then log()
-  both as the data plane calls them: FeatureHooks.begin(ctx) + .finished(node, ctx),
-    which make one pass (proxy/observe/finish.py); this is the figure for the target
+  both as the data plane calls them: the one call node.finish makes,
+    FeatureHooks.finisher(), one pass over the request (proxy/observe/finish.py,
+    in C: _finish.c); this is the figure for the target
+  the same one pass in its Python version (finish.observe_and_log_py), for comparison
 and the once-a-second costs in the control plane: drain + pickle + apply for
 one worker's second of traffic, and one /metrics exposition.
 Target: observe + log under 3000 ns/request. The reference line (one dict
@@ -16,6 +18,7 @@ increment, ~40 ns on an idle modern core) shows how loaded the machine was.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pickle
 import random
@@ -33,6 +36,7 @@ from proxy.context import RequestContext  # noqa: E402
 from proxy.features import FeatureHooks  # noqa: E402
 from proxy.observe.accesslog import AccessLog  # noqa: E402
 from proxy.observe.aggregate import MetricsAggregator  # noqa: E402
+from proxy.observe.finish import observe_and_log_c, observe_and_log_py  # noqa: E402
 from proxy.observe.metrics import WorkerMetrics  # noqa: E402
 
 try:
@@ -122,9 +126,13 @@ def main() -> None:
         metrics.observe(ctx)
         alog.log(ctx)
 
-    def data_plane(ctx: RequestContext) -> None:
-        hooks.begin(ctx)
-        hooks.finished(None, ctx)  # type: ignore[arg-type]  # finished() does not read node
+    # what node.finish calls per request (the in-flight level is the node's count, no call)
+    data_plane = hooks.finisher(None)  # type: ignore[arg-type]  # it does not read node
+    assert data_plane is not None
+    py_metrics = WorkerMetrics(1)
+    py_alog = AccessLog(os.devnull)
+    py_alog.start_thread_only()
+    one_pass_py = functools.partial(observe_and_log_py, py_metrics, py_alog)
 
     # After each round of 512 requests: the loop's flush timer (100 ms at ~5k req/s
     # per worker), and a GIL release as the loop's epoll_wait gives one, so the
@@ -132,6 +140,7 @@ def main() -> None:
     def tick() -> None:
         alog.flush()
         hooks.alog.flush()  # type: ignore[union-attr]
+        py_alog.flush()
         time.sleep(0)
 
     ref: dict[tuple[str, str], int] = {}
@@ -142,7 +151,7 @@ def main() -> None:
 
     results: dict[str, list[float]] = {"loop + flush overhead": [], "reference: one dict += 1": [], "metrics observe": [],
                                        "access log (format+buffer)": [], "observe() + log(), 2 calls": [],
-                                       "metrics + access log": []}
+                                       "metrics + access log": [], "  the same, Python version": []}
     for _ in range(args.repeat):
         base = timed(lambda ctx: None, ctxs, args.n, tick)
         results["loop + flush overhead"].append(base)
@@ -157,17 +166,22 @@ def main() -> None:
         results["metrics + access log"].append(timed(data_plane, ctxs, args.n, tick) - base)
         hooks.metrics.drain()
         hooks.alog.flush()
+        results["  the same, Python version"].append(timed(one_pass_py, ctxs, args.n, tick) - base)
+        py_metrics.drain()
+        py_alog.flush()
         time.sleep(0.05)
 
     print(f"python {sys.version.split()[0]}, n={args.n} requests x {args.repeat} runs, "
           f"{len(ctxs)} distinct contexts, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     for name, vals in results.items():
         print(f"  {name:<28} best {min(vals):7.0f} ns/req   median {statistics.median(vals):7.0f} ns/req")
-    print(f"  ('metrics + access log' is FeatureHooks.begin + finished, the data plane's calls; target < 3000 ns)")
+    impl = "C, proxy/observe/_finish.c" if observe_and_log_c is not None else "Python: the C version is not built"
+    print(f"  ('metrics + access log' is the data plane's one call per request ({impl}); target < 3000 ns)")
     print(f"  access log: {alog.lines + hooks.alog.lines} lines accepted, {alog.dropped + hooks.alog.dropped} dropped, "
           f"line ~{len(alog.format(ctxs[0]))} bytes")
     alog.close_sync()
     hooks.alog.close_sync()
+    py_alog.close_sync()
 
     # control plane, per second: one worker at 20k req/s
     agg = MetricsAggregator()

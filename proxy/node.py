@@ -7,6 +7,7 @@ reload; everything config-derived is in `self.snapshot`, swapped whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import itertools
 import logging
@@ -112,6 +113,10 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self.deadlines: set[Exchange] = set()   # exchanges waiting on a response deadline
         self.stats = {"requests": 0, "connections": 0, "errors": 0}
+        self.started = 0   # requests begun (head complete or failed before it); stats["requests"] ends them
+        # what finish() hands each context to (metrics, access log): one call,
+        # resolved once, e.g. a partial of finish.observe_and_log (C) itself
+        self._finished = self.hooks.finisher(self)
         self.geo: Any = None
 
     # ------------------------------------------------------------------
@@ -256,7 +261,7 @@ class Node:
                              query.decode("latin-1"), ex.version, client_ip, down.client_port,
                              geo, ex.headers, down.listener.name)
         ex.ctx = ctx
-        self.hooks.begin(ctx)
+        self.started += 1
         ex.req_head = build_upstream_head(
             ex, target, host, client_ip, down.trusted_peer, down.client_ip,
             down.listener.scheme, b"1.1 novaedge", rid.encode(),
@@ -268,7 +273,7 @@ class Node:
                              b"".join(ex.url)[:200].decode("latin-1"), "", ex.version,
                              down.client_ip or down.peer_ip, down.client_port, down.geo, [],
                              down.listener.name)
-        self.hooks.begin(ctx)
+        self.started += 1
         return ctx
 
     # ------------------------------------------------------------------
@@ -344,12 +349,19 @@ class Node:
     # ------------------------------------------------------------------
     # log
     # ------------------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        """Requests begun and not finished."""
+        return self.started - self.stats["requests"]
+
     def finish(self, ctx: RequestContext, now: float = 0.0) -> None:
         ctx.end = now or self.now()
         self.stats["requests"] += 1
         if ctx.status >= 500 or ctx.status == 0:
             self.stats["errors"] += 1
-        self.hooks.finished(self, ctx)
+        f = self._finished
+        if f is not None:
+            f(ctx)
 
     def log_internal_error(self, exc: BaseException) -> None:
         log.error("internal error in request handling", exc_info=exc)
@@ -386,11 +398,15 @@ class NodeHooks:
     def forward_headers(self, node: Node, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
         return []
 
-    def begin(self, ctx: RequestContext) -> None:
-        """A request head is complete (or failed): its context exists."""
-
     def finished(self, node: Node, ctx: RequestContext) -> None:
         """Exactly once per begun request, success or not."""
+
+    def finisher(self, node: Node) -> Callable[[RequestContext], object] | None:
+        """What node.finish calls with each finished request's context, looked
+        up once: finished() bound to the node, or None when it does nothing."""
+        if type(self).finished is NodeHooks.finished:
+            return None
+        return functools.partial(self.finished, node)
 
     def tick(self, node: Node, now: float) -> None:
         pass
