@@ -1,7 +1,15 @@
-"""The one compiled part: proxy/observe/_finish.c (the access log line and the
-request metrics in C; see proxy/observe/finish.py). optional=True: without a
-C compiler the install still works and finish.py uses its Python version."""
+"""The compiled parts, each a C version of a hot Python function that stays
+the reference (proxy/_accel.py loads them):
+  proxy/observe/_finish.c  the access log line and the request metrics (observe/finish.py)
+  proxy/_hotpath.c         the request header callback (Downstream.on_header)
+optional=True: without a C compiler the install still works and the Python
+versions run."""
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("proxy.observe._finish", ["proxy/observe/_finish.c"],
-                             extra_compile_args=["-O2", "-Wall"], optional=True)])
+
+def ext(name: str, source: str) -> Extension:
+    return Extension(name, [source], extra_compile_args=["-O2", "-Wall"], optional=True)
+
+
+setup(ext_modules=[ext("proxy.observe._finish", "proxy/observe/_finish.c"),
+                   ext("proxy._hotpath", "proxy/_hotpath.c")])

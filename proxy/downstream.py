@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from ._accel import load
 from .exchange import DONE, PARSING, WAITING, Exchange
 from .http11 import TCHAR, connection_tokens, error_response
 from .proxyproto import ProxyHeaderError, parse_proxy_header
@@ -346,6 +347,8 @@ class Downstream(asyncio.Protocol):
             raise Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The reference version: _hotpath.c replaces it (see the end of this
+        # file) for the common field and hands it everything else.
         ex = self.parsing
         assert ex is not None
         limits = ex.limits
@@ -728,3 +731,13 @@ _FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
 FEED_SLICE = 16 * 1024       # llhttp is fed heads and chunked bodies this much at a time
 CHUNK_EXT_SLACK = 16 * 1024  # chunk framing allowed beyond 32 bytes per chunk (extensions)
 LINGER_S = 2.0               # after our last response, drain client input this long
+
+
+# on_header in C (proxy/_hotpath.c) when it was built: same results, ~4x
+# cheaper a field; it hands the Python method (kept as _on_header_py, the
+# reference) every field it does not handle itself.
+Downstream._on_header_py = Downstream.on_header   # type: ignore[attr-defined]
+_hotpath = load("proxy._hotpath")
+if _hotpath is not None:
+    Downstream.on_header = _hotpath.setup(  # type: ignore[method-assign]
+        Downstream, Exchange, PARSING, Downstream._on_header_py)  # type: ignore[attr-defined]

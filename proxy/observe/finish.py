@@ -22,7 +22,6 @@ random contexts. A change here must be made in _finish.c too.
 from __future__ import annotations
 
 from bisect import bisect_left
-import os
 from math import floor, trunc
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,8 @@ try:
     import orjson
 except ImportError:  # pragma: no cover - as in accesslog: every line takes the json fallback
     orjson = None  # type: ignore[assignment]
+
+from proxy._accel import load
 
 from .accesslog import _MILLIS, _OPT, MAX_PATH_CHARS, AccessLog
 from .metrics import (LATENCY_BOUNDS, NONE, R_FRAG, R_LAT, R_LAT_SUM, R_TAIL, R_UP, R_UP_SUM, WorkerMetrics,
@@ -170,11 +171,8 @@ def observe_and_log_py(m: WorkerMetrics, a: AccessLog, ctx: RequestContext) -> N
 def _load_c() -> Any:
     """The C observe_and_log, set up with this file's constants; None when
     it was not built, orjson is missing or NOVAEDGE_PURE_PYTHON=1."""
-    if _dumps is None or os.environ.get("NOVAEDGE_PURE_PYTHON") == "1":
-        return None
-    try:
-        from . import _finish  # type: ignore[attr-defined]
-    except ImportError:
+    _finish = load("proxy.observe._finish")
+    if _finish is None or _dumps is None:
         return None
     from proxy.context import RequestContext
     _finish.setup(RequestContext, observe_and_log_py, new_record, tail_fragment, tail_text, _CLASS,
