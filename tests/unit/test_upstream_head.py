@@ -1,10 +1,16 @@
-"""build_upstream_head with a connection's memo gives the bytes it gives without one."""
+"""build_upstream_head with a connection's memo gives the bytes it gives without
+one, and its C version (proxy/_hotpath.c) gives what the Python one gives."""
 from __future__ import annotations
 
+import os
 import types
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from proxy.exchange import Exchange
-from proxy.request import HEADER_ACTIONS, build_upstream_head
+from proxy.request import HEADER_ACTIONS, build_upstream_head, build_upstream_head_py
 
 
 def _exchange(headers: list[tuple[bytes, bytes]]) -> Exchange:
@@ -53,3 +59,58 @@ def test_forwarding_fields() -> None:
     assert b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: a.example\r\n" in head
     assert b"X-Real-IP: 203.0.113.7\r\nVia: 1.0 cdn, 1.1 novaedge\r\n" in head
     assert head.endswith(b"\r\n\r\n") and head.count(b"Via:") == 1
+
+
+# -- the C version (proxy/_hotpath.c) against the Python one ----------------
+
+def test_the_c_version_is_built_and_used() -> None:
+    if os.environ.get("NOVAEDGE_PURE_PYTHON") == "1":
+        pytest.skip("NOVAEDGE_PURE_PYTHON=1")
+    assert build_upstream_head is not build_upstream_head_py, "proxy/_hotpath.c was not built"
+
+
+field_names = st.sampled_from([b"Host", b"host", b"Accept", b"X-Forwarded-For", b"Via", b"Connection",
+                               b"Keep-Alive", b"TE", b"Upgrade", b"Content-Length", b"Transfer-Encoding",
+                               b"Expect", b"X-Custom", b"x-custom", b"Proxy-Connection", b"X-Real-IP",
+                               b"X-Request-Id", b"X-Edge-Country"]) | st.binary(min_size=1, max_size=8)
+field_values = st.sampled_from([b"", b"a.example", b"203.0.113.7", b"1.0 cdn", b"x-custom, keep-alive"]) \
+    | st.binary(max_size=20)
+extras = st.sampled_from([[], [(b"X-Edge-Country", b"DE")], [(b"X-Edge-Region", b"us-east-1")]])
+
+
+def _ex_from(fields, method, host_count, chunked, declared, want_upgrade, upgrade, tokens) -> Exchange:
+    ex = _exchange(fields)
+    ex.method = method
+    if host_count is not None:
+        ex.host_count = host_count
+    ex.chunked = chunked
+    ex.declared_len = declared
+    ex.want_upgrade = want_upgrade
+    ex.upgrade = upgrade
+    ex.conn_tokens = set(tokens)
+    return ex
+
+
+@settings(max_examples=400, deadline=None)
+@given(requests=st.lists(st.tuples(
+           st.lists(st.tuples(field_names, field_values), max_size=8),
+           st.sampled_from(["GET", "POST", "PUT", "PATCH", "HEAD", "DELETE", "OPTIONS"]),
+           st.none() | st.integers(0, 2), st.booleans(), st.sampled_from([-1, 0, 5, 2**40]),
+           st.booleans(), st.none() | st.just(b"websocket"),
+           st.sets(st.sampled_from([b"keep-alive", b"x-custom", b"host", b"via", b"x-forwarded-for", b"te"])),
+           st.sampled_from([b"a.example", b"b.example:8080", b""]), st.sampled_from(["10.0.0.9", "203.0.113.7"]),
+           st.booleans(), extras, st.booleans()), min_size=1, max_size=5))
+def test_the_c_version_matches_the_python_one(requests) -> None:
+    memo_c: list[object] = [None, b""]
+    memo_py: list[object] = [None, b""]
+    for i, (fields, method, hc, chunked, declared, wu, up, tokens, host, client, trusted, extra, no_memo) \
+            in enumerate(requests):
+        ex_c = _ex_from(fields, method, hc, chunked, declared, wu, up, tokens)
+        ex_py = _ex_from(fields, method, hc, chunked, declared, wu, up, tokens)
+        args = (b"/p?q=1", host, client, trusted, "10.0.0.9", b"https", b"1.1 novaedge", b"r%d" % i,
+                HEADER_ACTIONS, extra)
+        got = build_upstream_head(ex_c, *args, None if no_memo else memo_c)
+        want = build_upstream_head_py(ex_py, *args, None if no_memo else memo_py)
+        assert got == want
+        assert (ex_c.host_missing, ex_c.body_chunked_out) == (ex_py.host_missing, ex_py.body_chunked_out)
+        assert memo_c == memo_py
