@@ -54,6 +54,7 @@ typedef struct {
     double bounds[MAX_BOUNDS];
     Py_ssize_t n_bounds;
     Py_ssize_t r_lat, r_lat_sum, r_up, r_up_sum, r_frag, r_tail, max_path;
+    Py_ssize_t r_len;   /* a full record's length: every index above is below it */
     /* interned attribute and key names */
     PyObject *s_requests, *s_clients, *s_wall_offset, *s_sec, *s_sec_text, *s_time_text,
         *s_rec, *s_rec_short, *s_buf, *s_buf_bytes, *s_buf_lines, *s_overflow, *s_format,
@@ -79,6 +80,9 @@ setup(PyObject *self, PyObject *args)
     PyObject *ctx_type, *fallback, *new_record, *tail_fragment, *tail_text, *classes, *millis,
         *bounds, *dumps, *option, *none_label;
     Py_ssize_t r_lat, r_lat_sum, r_up, r_up_sum, r_frag, r_tail, max_path;
+    double bounds_d[MAX_BOUNDS];
+    PyMemberDef *members[N_FIELDS];
+    S.ready = 0;   /* until everything is checked: a failed setup leaves the Python version */
     if (!PyArg_ParseTuple(args, "O!OOOOO!O!O!(nnnnnn)nOOU:setup", &PyType_Type, &ctx_type,
                           &fallback, &new_record, &tail_fragment, &tail_text, &PyTuple_Type, &classes,
                           &PyTuple_Type, &millis, &PyTuple_Type, &bounds, &r_lat, &r_lat_sum,
@@ -97,7 +101,19 @@ setup(PyObject *self, PyObject *args)
         double b = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
         if (b == -1.0 && PyErr_Occurred())
             return NULL;
-        S.bounds[i] = b;
+        bounds_d[i] = b;
+    }
+    for (Py_ssize_t i = 0; i < 1001; i++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(millis, i))) {
+            PyErr_SetString(PyExc_TypeError, "setup: millis must hold str");
+            return NULL;
+        }
+    }
+    /* the record layout: [count, in, out, buckets..., sum, buckets..., sum, frag, tail] */
+    if (!(r_lat > 2 && r_lat + nb < r_lat_sum && r_lat_sum < r_up && r_up + nb < r_up_sum
+          && r_up_sum < r_frag && r_up_sum < r_tail && max_path >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "setup: inconsistent record layout");
+        return NULL;
     }
     PyObject *dict = ((PyTypeObject *)ctx_type)->tp_dict;
     for (int i = 0; i < N_FIELDS; i++) {
@@ -107,15 +123,18 @@ setup(PyObject *self, PyObject *args)
                          ((PyTypeObject *)ctx_type)->tp_name, field_names[i]);
             return NULL;
         }
-        S.members[i] = ((PyMemberDescrObject *)d)->d_member;
-        if (S.members[i]->type != T_OBJECT_EX) {
+        members[i] = ((PyMemberDescrObject *)d)->d_member;
+        if (members[i]->type != T_OBJECT_EX) {
             PyErr_Format(PyExc_TypeError, "setup: slot %s is not an object slot", field_names[i]);
             return NULL;
         }
     }
+    memcpy(S.bounds, bounds_d, nb * sizeof(double));
+    memcpy(S.members, members, sizeof(members));
     S.n_bounds = nb;
     S.r_lat = r_lat; S.r_lat_sum = r_lat_sum; S.r_up = r_up; S.r_up_sum = r_up_sum;
     S.r_frag = r_frag; S.r_tail = r_tail; S.max_path = max_path;
+    S.r_len = (r_frag > r_tail ? r_frag : r_tail) + 1;
     Py_INCREF(ctx_type); Py_XSETREF(S.ctx_type, (PyTypeObject *)ctx_type);
     Py_INCREF(fallback); Py_XSETREF(S.py_fallback, fallback);
     Py_INCREF(new_record); Py_XSETREF(S.new_record, new_record);
@@ -138,17 +157,22 @@ list_add(PyObject *r, Py_ssize_t i, PyObject *v)
         PyErr_SetString(PyExc_IndexError, "metrics record too short");
         return -1;
     }
-    PyObject *sum = PyNumber_Add(PyList_GET_ITEM(r, i), v);
+    PyObject *old = Py_NewRef(PyList_GET_ITEM(r, i));
+    PyObject *sum = PyNumber_Add(old, v);   /* may run Python code: r may change */
+    Py_DECREF(old);
     if (sum == NULL)
         return -1;
-    PyList_SetItem(r, i, sum);   /* steals sum, drops the old item */
-    return 0;
+    return PyList_SetItem(r, i, sum);   /* steals sum; IndexError if r shrank */
 }
 
 /* r[i] += 1 */
 static int
 list_inc(PyObject *r, Py_ssize_t i)
 {
+    if (i >= PyList_GET_SIZE(r)) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return -1;
+    }
     PyObject *old = PyList_GET_ITEM(r, i);
     if (PyLong_CheckExact(old)) {
         int overflow;
@@ -157,8 +181,7 @@ list_inc(PyObject *r, Py_ssize_t i)
             PyObject *x = PyLong_FromLong(v + 1);
             if (x == NULL)
                 return -1;
-            PyList_SetItem(r, i, x);
-            return 0;
+            return PyList_SetItem(r, i, x);
         }
     }
     PyObject *one = PyLong_FromLong(1);
@@ -173,13 +196,16 @@ list_inc(PyObject *r, Py_ssize_t i)
 static int
 list_add_float(PyObject *r, Py_ssize_t i, double t)
 {
+    if (i >= PyList_GET_SIZE(r)) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return -1;
+    }
     PyObject *old = PyList_GET_ITEM(r, i);
     PyObject *x;
     if (PyFloat_CheckExact(old)) {
         if ((x = PyFloat_FromDouble(PyFloat_AS_DOUBLE(old) + t)) == NULL)
             return -1;
-        PyList_SetItem(r, i, x);
-        return 0;
+        return PyList_SetItem(r, i, x);
     }
     if ((x = PyFloat_FromDouble(t)) == NULL)
         return -1;
@@ -416,7 +442,7 @@ write_fast(PyObject *a, PyObject **f, PyObject *country, double sec, double now,
     Py_ssize_t nlines = PyLong_AsSsize_t(lines_obj);
     if ((pos == -1 || nlines == -1) && PyErr_Occurred())
         goto done;
-    if (pos >= 0 && pos + l.len <= PyByteArray_GET_SIZE(buf)) {
+    if (pos >= 0 && pos <= PyByteArray_GET_SIZE(buf) && l.len <= PyByteArray_GET_SIZE(buf) - pos) {
         char *out = PyByteArray_AS_STRING(buf) + pos;
         for (int i = 0; i < l.n; i++) {
             memcpy(out, l.s[i].p, l.s[i].n);
@@ -452,6 +478,10 @@ done:
 static PyObject *
 fallback(PyObject *m, PyObject *a, PyObject *ctx)
 {
+    if (S.py_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_finish.setup() has not been called");
+        return NULL;
+    }
     return PyObject_CallFunctionObjArgs(S.py_fallback, m, a, ctx, NULL);
 }
 
@@ -478,7 +508,8 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!PyLong_CheckExact(f[F_STATUS]) || !PyFloat_CheckExact(f[F_START])
         || !PyFloat_CheckExact(f[F_END]) || !PyFloat_CheckExact(f[F_UP_AT])
         || !PyFloat_CheckExact(f[F_UP_START]) || !PyLong_CheckExact(f[F_BYTES_IN])
-        || !PyLong_CheckExact(f[F_RETRIES]))
+        || !PyLong_CheckExact(f[F_BYTES_OUT]) || !PyLong_CheckExact(f[F_RETRIES])
+        || !PyUnicode_CheckExact(f[F_PATH]))
         return fallback(m, a, ctx);
     double start = PyFloat_AS_DOUBLE(f[F_START]);
     double end = PyFloat_AS_DOUBLE(f[F_END]);
@@ -486,7 +517,8 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     /* no end (timed to "now" by the metrics clock) or a time Python's trunc
      * and floor would raise on: rare, the Python path */
     if (end == 0.0 || !isfinite(start) || !isfinite(end) || !isfinite(up_at)
-        || !isfinite(PyFloat_AS_DOUBLE(f[F_UP_START])))
+        || !isfinite(PyFloat_AS_DOUBLE(f[F_UP_START])) || !isfinite((end - start) * 1e6 + 0.5)
+        || (up_at != 0.0 && !isfinite((up_at - PyFloat_AS_DOUBLE(f[F_UP_START])) * 1e6 + 0.5)))
         return fallback(m, a, ctx);
     /* own the fields: the calls below run Python code (attribute and dict
      * look-ups), which must not be able to free them under us */
@@ -523,8 +555,9 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (PyDict_SetItem(requests, key, r) < 0)
             goto done;
     }
-    if (!PyList_Check(r) || PyList_GET_SIZE(r) <= S.r_frag || PyList_GET_SIZE(r) <= S.r_tail) {
-        PyErr_SetString(PyExc_TypeError, "metrics record is not a full list");
+    if (!PyList_CheckExact(r) || PyList_GET_SIZE(r) < S.r_len) {
+        /* not a record new_record() made: the Python version (nothing changed yet) */
+        result = fallback(m, a, ctx);
         goto done;
     }
     if (PyObject_IsTrue(f[F_BYTES_IN]) && list_add(r, 1, f[F_BYTES_IN]) < 0)
@@ -620,21 +653,40 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(x);
         frag = Py_NewRef(Py_False);
     } else {
-        PyObject *tail = PyList_GET_ITEM(r, S.r_tail);
-        if (tail == Py_None) {
-            if ((tail = PyObject_CallFunctionObjArgs(S.tail_text, rname, f[F_REGION],
-                                                     f[F_BACKEND], NULL)) == NULL)
+        /* the fast line's tail, only for labels that are None or str (equal keys
+         * of other types, 1 and True, would share a tail and print differently) */
+        if ((rname == Py_None || PyUnicode_CheckExact(rname))
+            && (f[F_REGION] == Py_None || PyUnicode_CheckExact(f[F_REGION]))
+            && (f[F_BACKEND] == Py_None || PyUnicode_CheckExact(f[F_BACKEND]))) {
+            if (PyList_GET_SIZE(r) < S.r_len) {   /* Python code ran (drain): as Python fails */
+                PyErr_SetString(PyExc_IndexError, "list index out of range");
                 goto done;
-            PyList_SetItem(r, S.r_tail, tail);   /* the record owns it */
-        }
-        if (PyBytes_Check(tail)) {
-            int rc = write_fast(a, f, country, sec, now, total_us, up_at != 0.0, up_us, tail);
+            }
+            PyObject *tail = Py_NewRef(PyList_GET_ITEM(r, S.r_tail));
+            if (tail == Py_None) {
+                Py_DECREF(tail);
+                if ((tail = PyObject_CallFunctionObjArgs(S.tail_text, rname, f[F_REGION],
+                                                         f[F_BACKEND], NULL)) == NULL)
+                    goto done;
+                Py_INCREF(tail);
+                if (PyList_SetItem(r, S.r_tail, tail) < 0) {   /* the record keeps one */
+                    Py_DECREF(tail);
+                    goto done;
+                }
+            }
+            int rc = PyBytes_CheckExact(tail)
+                ? write_fast(a, f, country, sec, now, total_us, up_at != 0.0, up_us, tail) : 0;
+            Py_DECREF(tail);
             if (rc < 0)
                 goto done;
             if (rc > 0) {
                 result = Py_NewRef(Py_None);
                 goto done;
             }
+        }
+        if (PyList_GET_SIZE(r) < S.r_len) {
+            PyErr_SetString(PyExc_IndexError, "list index out of range");
+            goto done;
         }
         frag = Py_NewRef(PyList_GET_ITEM(r, S.r_frag));
         if (frag == Py_None) {
@@ -643,7 +695,8 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (frag == NULL)
                 goto done;
             Py_INCREF(frag);
-            PyList_SetItem(r, S.r_frag, frag);
+            if (PyList_SetItem(r, S.r_frag, frag) < 0)   /* the record keeps one */
+                goto done;
         }
     }
     if ((total_ms = PyFloat_FromDouble(total_us / 1000.0)) == NULL)
@@ -728,7 +781,7 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if ((pos == -1 || nlines == -1) && PyErr_Occurred())
             goto done;
         Py_ssize_t len = PyBytes_GET_SIZE(line);
-        if (pos < 0 || pos + len > PyByteArray_GET_SIZE(buf)) {
+        if (pos < 0 || pos > PyByteArray_GET_SIZE(buf) || len > PyByteArray_GET_SIZE(buf) - pos) {
             PyObject *x = PyObject_CallMethodOneArg(a, S.s_overflow, line);
             if (x == NULL)
                 goto done;

@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - as in accesslog: every line takes the json fallback
     orjson = None  # type: ignore[assignment]
 
-from proxy._accel import load
+from proxy._accel import attach
 
 from .accesslog import _MILLIS, _OPT, MAX_PATH_CHARS, AccessLog
 from .metrics import (LATENCY_BOUNDS, NONE, R_FRAG, R_LAT, R_LAT_SUM, R_TAIL, R_UP, R_UP_SUM, WorkerMetrics,
@@ -168,12 +168,8 @@ def observe_and_log_py(m: WorkerMetrics, a: AccessLog, ctx: RequestContext) -> N
     a._buf_lines += 1
 
 
-def _load_c() -> Any:
-    """The C observe_and_log, set up with this file's constants; None when
-    it was not built, orjson is missing or NOVAEDGE_PURE_PYTHON=1."""
-    _finish = load("proxy.observe._finish")
-    if _finish is None or _dumps is None:
-        return None
+def _setup_c(_finish: Any) -> Any:
+    """The C observe_and_log, set up with this file's constants."""
     from proxy.context import RequestContext
     _finish.setup(RequestContext, observe_and_log_py, new_record, tail_fragment, tail_text, _CLASS,
                   _MILLIS, LATENCY_BOUNDS, (R_LAT, R_LAT_SUM, R_UP, R_UP_SUM, R_FRAG, R_TAIL), MAX_PATH_CHARS,
@@ -181,5 +177,6 @@ def _load_c() -> Any:
     return _finish.observe_and_log
 
 
-observe_and_log_c = _load_c()
+# None when it was not built, does not fit, orjson is missing or NOVAEDGE_PURE_PYTHON=1
+observe_and_log_c = attach("proxy.observe._finish", _setup_c) if _dumps is not None else None
 observe_and_log = observe_and_log_c or observe_and_log_py

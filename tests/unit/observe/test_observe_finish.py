@@ -13,7 +13,7 @@ from observe_fixtures import Geo, make_ctx
 from proxy.observe.accesslog import AccessLog
 from proxy.observe import finish
 from proxy.observe.finish import observe_and_log, observe_and_log_c, observe_and_log_py
-from proxy.observe.metrics import WorkerMetrics
+from proxy.observe.metrics import RECORD_LEN, WorkerMetrics
 
 names = st.none() | st.sampled_from(["api", "none", "", "x\"y", "caf\u00e9", "\udce9"])
 # Strings as requests bring them: mostly printable ASCII, which the C version
@@ -143,3 +143,69 @@ def test_the_c_version_hands_other_contexts_to_python() -> None:
         observe_and_log_c(m2, a2, ctx)
     assert lines(a1) == lines(a2)
     assert m1.drain() == m2.drain()
+
+
+def counts(m: WorkerMetrics) -> tuple[object, ...]:
+    """The metrics as they stand, without draining (an odd record may not drain)."""
+    return ({k: r[:RECORD_LEN] for k, r in m._requests.items()}, m._clients)
+
+
+def _outcome(fn, m, a, ctx) -> tuple[object, ...]:
+    try:
+        fn(m, a, ctx)
+    except Exception as e:  # noqa: BLE001 - the two versions must fail alike
+        return (type(e).__name__,)
+    return ("ok",)
+
+
+def test_the_c_version_fails_as_python_does_on_odd_input() -> None:
+    """Inputs a serving node never makes, found by review: the C version must
+    not crash and must end as the Python one does (same exception, same
+    counts, same lines)."""
+    if observe_and_log_c is None:
+        pytest.skip("the C version is not built")
+
+    class Evil:   # a bytes_out whose + runs Python code that empties the record
+        def __init__(self, m: WorkerMetrics) -> None:
+            self.m = m
+
+        def __radd__(self, other: object) -> object:
+            for r in self.m._requests.values():
+                r.clear()
+            return other
+
+    class DrainingGeo:   # a geo record whose country drains the metrics mid-call
+        def __init__(self, m: WorkerMetrics) -> None:
+            self.m = m
+            self.continent = "EU"
+
+        @property
+        def country(self) -> str:
+            self.m.drain()
+            return "IE"
+
+    cases = [
+        lambda m: make_ctx(bytes_out=Evil(m)),
+        lambda m: make_ctx(geo=DrainingGeo(m)),
+        lambda m: make_ctx(end=1e300),                              # t * 1e6 overflows
+        lambda m: make_ctx(upstream=(0.0, 1e300)),
+        lambda m: make_ctx(path=None),
+        lambda m: make_ctx(region=1),                               # labels that are not str:
+        lambda m: make_ctx(region=True),                            # equal keys, other JSON
+    ]
+    for make in cases:
+        m1, a1 = pair()
+        m2, a2 = pair()
+        want = _outcome(observe_and_log_py, m1, a1, make(m1))
+        got = _outcome(observe_and_log_c, m2, a2, make(m2))
+        assert got == want
+        assert lines(a1) == lines(a2)
+        assert counts(m1) == counts(m2)
+    # a record of the wrong length (not one new_record() made)
+    m1, a1 = pair()
+    m2, a2 = pair()
+    key = ("api", "eu-west-1", "eu-west-1/10.0.0.1:80", "2xx")
+    m1._requests[key] = [0, 0, 0]
+    m2._requests[key] = [0, 0, 0]
+    assert _outcome(observe_and_log_c, m2, a2, make_ctx()) == _outcome(observe_and_log_py, m1, a1, make_ctx())
+    assert counts(m1) == counts(m2)
