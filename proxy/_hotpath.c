@@ -1,4 +1,5 @@
-/* proxy._hotpath: Downstream.on_header and request.build_upstream_head in C.
+/* proxy._hotpath: the request and response header callbacks (Downstream.on_header,
+ * Exchange.on_header) and request.build_upstream_head in C.
  *
  * Why C: httptools calls on_header once per request header field; the
  * Python method costs ~0.35 us a field, which with a browser's dozen fields
@@ -98,6 +99,9 @@ special(const char *p, Py_ssize_t n)
     return 0;
 }
 
+static PyObject *on_header_fields(PyObject *down, PyObject *ex, PyObject **f, PyObject *name,
+                                  PyObject *value);
+
 static PyObject *
 on_header(PyObject *down, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -125,6 +129,18 @@ on_header(PyObject *down, PyObject *const *args, Py_ssize_t nargs)
         || !PyLong_CheckExact(f[X_HEADER_BYTES]) || !PyLong_CheckExact(f[X_URL_LEN])
         || !PyLong_CheckExact(f[X_HOST_COUNT]))
         return py_fallback(down, name, value);
+    /* own them: the limits' attribute look-ups could run Python code */
+    for (int i = 0; i < N_EX; i++)
+        Py_INCREF(f[i]);
+    PyObject *r = on_header_fields(down, ex, f, name, value);
+    for (int i = 0; i < N_EX; i++)
+        Py_DECREF(f[i]);
+    return r;
+}
+
+static PyObject *
+on_header_fields(PyObject *down, PyObject *ex, PyObject **f, PyObject *name, PyObject *value)
+{
 
     Py_ssize_t n = PyBytes_GET_SIZE(name);
     const char *src = PyBytes_AS_STRING(name);
@@ -230,8 +246,10 @@ setup(PyObject *self, PyObject *args)
  * connection's memoised forwarding block, the request id, the framing
  * field and the upgrade fields. Python's version (build_upstream_head_py)
  * stays the reference and takes what this one does not do: a request that
- * brings its own X-Forwarded-For (from a trusted peer) or Via, no memo, or
- * anything of an unexpected type; nothing is changed before that choice. */
+ * brings its own X-Forwarded-For (from a trusted peer) or Via, no memo or a
+ * memo that does not hold this request's block (a connection's first
+ * request: Python makes the block and keeps it), or anything of an
+ * unexpected type; nothing is changed before that choice. */
 
 enum { E_METHOD, E_HEADERS, E_NAMES, E_CONN_TOKENS, E_HOST_COUNT, E_CHUNKED, E_DECLARED_LEN,
        E_WANT_UPGRADE, E_UPGRADE, E_HOST_MISSING, E_BODY_CHUNKED_OUT, N_HEAD };
@@ -243,7 +261,6 @@ static struct {
     int ready;
     Py_ssize_t off[N_HEAD];
     PyObject *py_build;       /* request.build_upstream_head_py */
-    PyObject *py_forwarding;  /* request._forwarding */
     PyObject *keep;           /* request._KEEP */
     long skip, xff, via, host;
 } B;
@@ -287,6 +304,9 @@ build_py(PyObject *const *args, Py_ssize_t nargs)
     return PyObject_Vectorcall(B.py_build, args, nargs, NULL);
 }
 
+static PyObject *build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f,
+                              int trusted_peer);
+
 /* build_upstream_head(ex, target, host, client_ip, trusted_peer, peer_ip, scheme, via,
  *                     request_id, actions, extra, memo) */
 static PyObject *
@@ -294,9 +314,8 @@ build_upstream_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 12 || !B.ready || !H.ready)
         return build_py(args, nargs);
-    PyObject *ex = args[0], *target = args[1], *host = args[2], *client_ip = args[3],
-        *trusted = args[4], *scheme = args[6], *request_id = args[8],
-        *actions = args[9], *extra = args[10], *memo = args[11];
+    PyObject *ex = args[0], *target = args[1], *host = args[2], *trusted = args[4],
+        *scheme = args[6], *request_id = args[8], *actions = args[9], *memo = args[11];
     if (Py_TYPE(ex) != H.ex_type || !PyBytes_CheckExact(target) || !PyBytes_CheckExact(host)
         || !PyBytes_CheckExact(request_id) || !PyBytes_CheckExact(scheme)
         || !PyDict_CheckExact(actions) || !PyList_CheckExact(memo) || PyList_GET_SIZE(memo) != 2)
@@ -315,7 +334,22 @@ build_upstream_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int trusted_peer = PyObject_IsTrue(trusted);
     if (trusted_peer < 0)
         return NULL;
+    for (int i = 0; i < N_HEAD; i++)
+        Py_INCREF(f[i]);
+    PyObject *res = build_fields(args, nargs, f, trusted_peer);
+    for (int i = 0; i < N_HEAD; i++)
+        Py_DECREF(f[i]);
+    return res;
+}
 
+static PyObject *
+build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_peer)
+{
+    PyObject *ex = args[0], *target = args[1], *host = args[2], *client_ip = args[3],
+        *scheme = args[6], *request_id = args[8], *actions = args[9], *extra = args[10],
+        *memo = args[11];
+    PyObject *headers = f[E_HEADERS], *names = f[E_NAMES];
+    (void)scheme;
     Py_ssize_t nh = PyList_GET_SIZE(headers);
     if (PyList_GET_SIZE(names) < nh)
         nh = PyList_GET_SIZE(names);   /* zip() stops at the shorter */
@@ -394,28 +428,9 @@ build_upstream_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 hit = eq;
             }
         }
-        if (hit) {
-            fwd = Py_NewRef(PyList_GET_ITEM(memo, 1));
-        } else {
-            PyObject *nkey = PyTuple_Pack(3, host, client_ip, extra);
-            if (nkey == NULL)
-                goto done;
-            PyObject *empty = PyList_New(0);
-            if (empty == NULL) {
-                Py_DECREF(nkey);
-                goto done;
-            }
-            PyObject *fargs[8] = {host, client_ip, args[5], scheme, args[7], empty, Py_None, extra};
-            fwd = PyObject_Vectorcall(B.py_forwarding, fargs, 8, NULL);
-            Py_DECREF(empty);
-            if (fwd == NULL) {
-                Py_DECREF(nkey);
-                goto done;
-            }
-            PyList_SetItem(memo, 0, nkey);   /* steals nkey */
-            Py_INCREF(fwd);
-            PyList_SetItem(memo, 1, fwd);    /* steals one reference */
-        }
+        if (!hit)   /* a connection's first request, or a new host, client or geo fields: */
+            goto python;   /* Python makes the block and keeps it in the memo */
+        fwd = Py_NewRef(PyList_GET_ITEM(memo, 1));
         if (!PyBytes_CheckExact(fwd)) {
             PyErr_SetString(PyExc_TypeError, "forwarding block is not bytes");
             goto done;
@@ -497,14 +512,14 @@ static PyMethodDef build_def = {
     "request.build_upstream_head in C (proxy/_hotpath.c).",
 };
 
-/* setup_head(Exchange, py_build, py_forwarding, keep, (SKIP, XFF, VIA, HOST)) -> the C function */
+/* setup_head(Exchange, py_build, keep, (SKIP, XFF, VIA, HOST)) -> the C function */
 static PyObject *
 setup_head(PyObject *self, PyObject *args)
 {
-    PyObject *ex_type, *py_build, *py_forwarding, *keep;
+    PyObject *ex_type, *py_build, *keep;
     long skip, xff, via, host;
-    if (!PyArg_ParseTuple(args, "O!OOO!(llll):setup_head", &PyType_Type, &ex_type, &py_build,
-                          &py_forwarding, &PyFrozenSet_Type, &keep, &skip, &xff, &via, &host))
+    if (!PyArg_ParseTuple(args, "O!OO!(llll):setup_head", &PyType_Type, &ex_type, &py_build,
+                          &PyFrozenSet_Type, &keep, &skip, &xff, &via, &host))
         return NULL;
     if (!H.ready || (PyTypeObject *)ex_type != H.ex_type) {
         PyErr_SetString(PyExc_RuntimeError, "setup_head: call setup() first, with the same Exchange");
@@ -514,18 +529,103 @@ setup_head(PyObject *self, PyObject *args)
         if (slot_offset((PyTypeObject *)ex_type, head_names[i], &B.off[i]) < 0)
             return NULL;
     Py_INCREF(py_build); Py_XSETREF(B.py_build, py_build);
-    Py_INCREF(py_forwarding); Py_XSETREF(B.py_forwarding, py_forwarding);
     Py_INCREF(keep); Py_XSETREF(B.keep, keep);
     B.skip = skip; B.xff = xff; B.via = via; B.host = host;
     B.ready = 1;
     return PyCFunction_New(&build_def, NULL);
 }
 
+/* -- Exchange.on_header (the response side) ----------------------------------
+ * The backend's fields: count the bytes against the head limit, keep each
+ * (name, value) of the head (a trailer field is dropped). Python's method
+ * (Exchange._on_header_py) raises at the limit and takes anything of an
+ * unexpected type. */
+
+enum { R_HEAD_BYTES, R_HEAD_SENT, R_HEADERS, N_RESP };
+static const char *resp_names[N_RESP] = {"resp_head_bytes", "resp_head_sent", "resp_headers"};
+
+static struct {
+    int ready;
+    Py_ssize_t off[N_RESP];
+    Py_ssize_t limit;
+    PyObject *py_on_header;
+} R;
+
+static PyObject *
+resp_on_header(PyObject *ex, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !R.ready || Py_TYPE(ex) != H.ex_type || !PyBytes_CheckExact(args[0])
+        || !PyBytes_CheckExact(args[1]))
+        goto python;
+    PyObject *hb = SLOT(ex, R.off[R_HEAD_BYTES]), *sent = SLOT(ex, R.off[R_HEAD_SENT]),
+        *headers = SLOT(ex, R.off[R_HEADERS]);
+    if (hb == NULL || sent == NULL || headers == NULL || !PyLong_CheckExact(hb)
+        || (sent != Py_False && sent != Py_True) || !PyList_CheckExact(headers))
+        goto python;
+    Py_ssize_t have = PyLong_AsSsize_t(hb);
+    if (have == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto python;
+    }
+    Py_ssize_t n = have + PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) + 4;
+    if (n > R.limit)
+        goto python;   /* it raises */
+    PyObject *nb = PyLong_FromSsize_t(n);
+    if (nb == NULL)
+        return NULL;
+    if (sent == Py_False) {
+        PyObject *pair = PyTuple_Pack(2, args[0], args[1]);
+        if (pair == NULL || PyList_Append(headers, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(nb);
+            return NULL;
+        }
+        Py_DECREF(pair);
+    }
+    slot_set(ex, R.off[R_HEAD_BYTES], nb);
+    Py_RETURN_NONE;
+python:
+    {
+        PyObject *full[3] = {ex, nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL};
+        if (nargs != 2)
+            return PyObject_Vectorcall(R.py_on_header, args, nargs, NULL);   /* let it complain */
+        return PyObject_Vectorcall(R.py_on_header, full, 3, NULL);
+    }
+}
+
+static PyMethodDef resp_on_header_def = {
+    "on_header", (PyCFunction)(void (*)(void))resp_on_header, METH_FASTCALL,
+    "httptools callback: one response header field (proxy/_hotpath.c).",
+};
+
+/* setup_response(Exchange, limit, py_on_header) -> a method descriptor for Exchange.on_header */
+static PyObject *
+setup_response(PyObject *self, PyObject *args)
+{
+    PyObject *ex_type, *py_on_header;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!nO:setup_response", &PyType_Type, &ex_type, &limit, &py_on_header))
+        return NULL;
+    if (!H.ready || (PyTypeObject *)ex_type != H.ex_type) {
+        PyErr_SetString(PyExc_RuntimeError, "setup_response: call setup() first, with the same Exchange");
+        return NULL;
+    }
+    for (int i = 0; i < N_RESP; i++)
+        if (slot_offset((PyTypeObject *)ex_type, resp_names[i], &R.off[i]) < 0)
+            return NULL;
+    R.limit = limit;
+    Py_INCREF(py_on_header); Py_XSETREF(R.py_on_header, py_on_header);
+    R.ready = 1;
+    return PyDescr_NewMethod((PyTypeObject *)ex_type, &resp_on_header_def);
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Downstream, Exchange, PARSING, py_on_header): the C on_header, as a method of Downstream."},
     {"setup_head", setup_head, METH_VARARGS,
-     "setup_head(Exchange, py_build, py_forwarding, keep, (SKIP, XFF, VIA, HOST)): the C build_upstream_head."},
+     "setup_head(Exchange, py_build, keep, (SKIP, XFF, VIA, HOST)): the C build_upstream_head."},
+    {"setup_response", setup_response, METH_VARARGS,
+     "setup_response(Exchange, limit, py_on_header): the C Exchange.on_header, as a method of Exchange."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from ._accel import load
-from .exchange import DONE, PARSING, WAITING, Exchange
+from ._accel import attach
+from .exchange import DONE, PARSING, UPSTREAM_HEAD_LIMIT, WAITING, Exchange
 from .http11 import TCHAR, connection_tokens, error_response
 from .proxyproto import ProxyHeaderError, parse_proxy_header
 
@@ -733,11 +733,20 @@ CHUNK_EXT_SLACK = 16 * 1024  # chunk framing allowed beyond 32 bytes per chunk (
 LINGER_S = 2.0               # after our last response, drain client input this long
 
 
-# on_header in C (proxy/_hotpath.c) when it was built: same results, ~4x
-# cheaper a field; it hands the Python method (kept as _on_header_py, the
-# reference) every field it does not handle itself.
+# The header callbacks in C (proxy/_hotpath.c) when it was built, for the
+# request (here) and the response (Exchange.on_header, set here too: the C
+# module needs both classes): same results, several times cheaper a field;
+# each hands its Python method (kept as _on_header_py, the reference) every
+# field it does not handle itself.
 Downstream._on_header_py = Downstream.on_header   # type: ignore[attr-defined]
-_hotpath = load("proxy._hotpath")
-if _hotpath is not None:
-    Downstream.on_header = _hotpath.setup(  # type: ignore[method-assign]
-        Downstream, Exchange, PARSING, Downstream._on_header_py)  # type: ignore[attr-defined]
+Exchange._on_header_py = Exchange.on_header       # type: ignore[attr-defined]
+
+
+def _setup_c(hotpath: Any) -> tuple[Any, Any]:
+    return (hotpath.setup(Downstream, Exchange, PARSING, Downstream._on_header_py),  # type: ignore[attr-defined]
+            hotpath.setup_response(Exchange, UPSTREAM_HEAD_LIMIT, Exchange._on_header_py))  # type: ignore[attr-defined]
+
+
+_c = attach("proxy._hotpath", _setup_c)
+if _c is not None:
+    Downstream.on_header, Exchange.on_header = _c  # type: ignore[method-assign]

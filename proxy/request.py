@@ -13,7 +13,7 @@ from typing import Callable
 
 import httptools
 
-from ._accel import load
+from ._accel import attach
 from .downstream import Reject
 from .exchange import Exchange
 from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, valid_host, valid_target
@@ -229,9 +229,7 @@ def _ip_of(entry: str) -> str | None:
 # bytes and flags (tests/unit/test_upstream_head.py compares the two); it
 # hands this file's version, the reference, what it does not do itself.
 build_upstream_head_py = build_upstream_head
-_hotpath = load("proxy._hotpath")
-if _hotpath is not None:
-    build_upstream_head = _hotpath.setup_head(  # noqa: F811
-        Exchange, build_upstream_head_py, _forwarding, _KEEP, (SKIP, XFF, VIA, HOST))
+build_upstream_head = attach("proxy._hotpath", lambda c: c.setup_head(  # noqa: F811
+    Exchange, build_upstream_head_py, _KEEP, (SKIP, XFF, VIA, HOST))) or build_upstream_head_py
 
 __all__ = ["check_head", "build_upstream_head", "client_from_xff", "header_actions"]

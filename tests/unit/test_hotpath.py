@@ -85,3 +85,53 @@ def test_subclass_values_and_odd_states_go_to_python() -> None:
         assert _call(Downstream.on_header, c, name, value) == _call(Downstream._on_header_py, py, name, value)
     assert _state(c.parsing) == _state(py.parsing)
     assert c.parsing.host_count == 2
+
+
+# -- the response side: Exchange.on_header --------------------------------
+
+def test_the_response_c_version_is_used() -> None:
+    if PURE:
+        pytest.skip("NOVAEDGE_PURE_PYTHON=1")
+    assert Exchange.on_header is not Exchange._on_header_py
+
+
+def _resp_call(fn, ex: Exchange, name: bytes, value: bytes) -> tuple[object, ...]:
+    try:
+        fn(ex, name, value)
+    except ValueError as e:
+        return ("error", str(e))
+    return ("ok",)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.tuples(names, values | st.binary(min_size=20_000, max_size=30_000)), max_size=8),
+       sent_after=st.none() | st.integers(0, 8), start=st.sampled_from([0, 60_000, 65_530]))
+def test_the_c_response_on_header_matches_the_python_one(fields, sent_after, start) -> None:
+    exs = [_down(100, 32768).parsing, _down(100, 32768).parsing]
+    for ex in exs:
+        ex.resp_head_bytes = start
+    for i, (name, value) in enumerate(fields):
+        if i == sent_after:
+            for ex in exs:
+                ex.resp_head_sent = True   # the head went out: what follows are trailers
+        got = _resp_call(Exchange.on_header, exs[0], name, value)
+        want = _resp_call(Exchange._on_header_py, exs[1], name, value)
+        assert got == want
+        assert (exs[0].resp_head_bytes, exs[0].resp_headers) == (exs[1].resp_head_bytes, exs[1].resp_headers)
+
+
+def test_a_c_part_that_does_not_fit_leaves_the_python_version(caplog) -> None:
+    """A stale build whose setup() no longer fits the Python side must not
+    break the import: the Python version runs, and the log says why."""
+    from proxy import _accel
+
+    def setup(module):
+        raise TypeError("setup: Exchange.headers is not an object slot")
+
+    if PURE:
+        assert _accel.attach("proxy._hotpath", setup) is None
+        return
+    with caplog.at_level("WARNING", logger="novaedge.accel"):
+        assert _accel.attach("proxy._hotpath", setup) is None
+    assert "does not fit this source" in caplog.text
+    assert _accel.attach("proxy._no_such_module", setup) is None
