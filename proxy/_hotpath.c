@@ -1,5 +1,6 @@
 /* proxy._hotpath: the request and response header callbacks (Downstream.on_header,
- * Exchange.on_header) and request.build_upstream_head in C.
+ * Exchange.on_header), request.build_upstream_head, check_head's common case
+ * and the response head's field loop in C.
  *
  * Why C: httptools calls on_header once per request header field; the
  * Python method costs ~0.35 us a field, which with a browser's dozen fields
@@ -619,6 +620,283 @@ setup_response(PyObject *self, PyObject *args)
     return PyDescr_NewMethod((PyTypeObject *)ex_type, &resp_on_header_def);
 }
 
+/* -- check_head's common case ---------------------------------------------------
+ * request.check_head for the request almost every client sends: HTTP/1.1 or
+ * 1.0, origin-form target of RFC 3986 characters with well-formed
+ * percent-encoding, one Host equal to the one this connection already had
+ * validated, no Transfer-Encoding, Content-Length, Expect or Upgrade. Its
+ * result is Python's: (target, host), declared_len = -1. Anything else goes
+ * to the Python function (check_head_py), which validates it or raises. */
+
+enum { C_VERSION, C_METHOD, C_URL, C_HOST_COUNT, C_HOST_VALUE, C_TE_VALUE, C_EXPECT, C_HAS_CL,
+       C_UPGRADE, C_WANT_UPGRADE, C_DECLARED_LEN, N_CHECK };
+static const char *check_names[N_CHECK] = {
+    "version", "method", "url", "host_count", "host_value", "te_value", "expect", "has_cl",
+    "upgrade", "want_upgrade", "declared_len"};
+
+static struct {
+    int ready;
+    Py_ssize_t off[N_CHECK];
+    PyObject *py_check;
+    PyObject *minus_one;
+    unsigned char uri_ok[256];   /* request.URI_CHARS */
+} K;
+
+static int
+is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static int
+str_is(PyObject *o, const char *s, Py_ssize_t n)
+{
+    return PyUnicode_CheckExact(o) && PyUnicode_IS_COMPACT_ASCII(o) && PyUnicode_GET_LENGTH(o) == n
+        && memcmp(PyUnicode_1BYTE_DATA(o), s, n) == 0;
+}
+
+static PyObject *
+check_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!K.ready || nargs != 2 || Py_TYPE(args[0]) != H.ex_type)
+        goto python;
+    PyObject *ex = args[0], *known = args[1];
+    PyObject *f[N_CHECK];
+    for (int i = 0; i < N_CHECK; i++) {
+        f[i] = SLOT(ex, K.off[i]);
+        if (f[i] == NULL)
+            goto python;
+    }
+    if (!(str_is(f[C_VERSION], "1.1", 3) || str_is(f[C_VERSION], "1.0", 3))
+        || !PyUnicode_CheckExact(f[C_METHOD]) || str_is(f[C_METHOD], "CONNECT", 7)
+        || !PyList_CheckExact(f[C_URL]) || PyList_GET_SIZE(f[C_URL]) != 1
+        || f[C_TE_VALUE] != Py_None || f[C_EXPECT] != Py_None || f[C_HAS_CL] != Py_False
+        || f[C_UPGRADE] != Py_None || f[C_WANT_UPGRADE] != Py_False
+        || !PyLong_CheckExact(f[C_HOST_COUNT]) || PyLong_AsLong(f[C_HOST_COUNT]) != 1
+        || !PyBytes_CheckExact(f[C_HOST_VALUE]) || !PyBytes_CheckExact(known))
+        goto python;
+    PyObject *host = f[C_HOST_VALUE];
+    if (host != known && (PyBytes_GET_SIZE(host) != PyBytes_GET_SIZE(known)
+                          || memcmp(PyBytes_AS_STRING(host), PyBytes_AS_STRING(known),
+                                    PyBytes_GET_SIZE(host)) != 0))
+        goto python;   /* a Host this connection has not validated yet */
+    PyObject *url = PyList_GET_ITEM(f[C_URL], 0);
+    if (!PyBytes_CheckExact(url))
+        goto python;
+    const unsigned char *u = (const unsigned char *)PyBytes_AS_STRING(url);
+    Py_ssize_t n = PyBytes_GET_SIZE(url);
+    if (n < 1 || u[0] != '/')
+        goto python;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!K.uri_ok[u[i]])
+            goto python;   /* "#" and everything else outside URI_CHARS */
+        if (u[i] == '%' && !(i + 2 < n && is_hex(u[i + 1]) && is_hex(u[i + 2])))
+            goto python;
+    }
+    PyObject *result = PyTuple_Pack(2, url, host);
+    if (result == NULL)
+        return NULL;
+    Py_INCREF(K.minus_one);
+    slot_set(ex, K.off[C_DECLARED_LEN], K.minus_one);
+    return result;
+python:
+    return PyObject_Vectorcall(K.py_check, args, nargs, NULL);
+}
+
+static PyMethodDef check_def = {
+    "check_head", (PyCFunction)(void (*)(void))check_head, METH_FASTCALL,
+    "request.check_head's common case in C (proxy/_hotpath.c).",
+};
+
+/* setup_check(Exchange, py_check, uri_chars) -> the C function */
+static PyObject *
+setup_check(PyObject *self, PyObject *args)
+{
+    PyObject *ex_type, *py_check, *uri_chars;
+    if (!PyArg_ParseTuple(args, "O!OO!:setup_check", &PyType_Type, &ex_type, &py_check,
+                          &PyBytes_Type, &uri_chars))
+        return NULL;
+    if (!H.ready || (PyTypeObject *)ex_type != H.ex_type) {
+        PyErr_SetString(PyExc_RuntimeError, "setup_check: call setup() first, with the same Exchange");
+        return NULL;
+    }
+    for (int i = 0; i < N_CHECK; i++)
+        if (slot_offset((PyTypeObject *)ex_type, check_names[i], &K.off[i]) < 0)
+            return NULL;
+    memset(K.uri_ok, 0, sizeof(K.uri_ok));
+    for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(uri_chars); i++)
+        K.uri_ok[(unsigned char)PyBytes_AS_STRING(uri_chars)[i]] = 1;
+    K.uri_ok['#'] = 0;
+    if (K.minus_one == NULL && (K.minus_one = PyLong_FromLong(-1)) == NULL)
+        return NULL;
+    Py_INCREF(py_check); Py_XSETREF(K.py_check, py_check);
+    K.ready = 1;
+    return PyCFunction_New(&check_def, NULL);
+}
+
+/* -- the response's fields, for Exchange._render_head ---------------------------
+ * response_fields(resp_headers) -> (block, has_cl, chunked), the fields
+ * forwarded as Python's loop forwards them (hop-by-hop ones dropped,
+ * Content-Length kept and noted, Transfer-Encoding noted), or None when a
+ * Connection field names a field that is not hop-by-hop (Python's rarer
+ * second pass) or anything is of an unexpected type. */
+
+static struct {
+    int ready;
+    PyObject *actions;   /* exchange._RESPONSE_ACTIONS */
+    PyObject *hop;       /* http11.HOP_BY_HOP */
+    long a_hop, a_cl, a_te, a_conn;
+} F;
+
+static int
+is_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
+}
+
+/* Does a Connection value name only hop-by-hop fields? 1 yes, 0 no, -1 error */
+static int
+only_hop_tokens(PyObject *value)
+{
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(value);
+    Py_ssize_t n = PyBytes_GET_SIZE(value), i = 0;
+    char buf[64];
+    while (i <= n) {
+        Py_ssize_t j = i;
+        while (j < n && p[j] != ',')
+            j++;
+        Py_ssize_t a = i, b = j;
+        while (a < b && is_space(p[a]))
+            a++;
+        while (b > a && is_space(p[b - 1]))
+            b--;
+        if (b > a) {
+            if (b - a > (Py_ssize_t)sizeof(buf))
+                return 0;   /* no hop-by-hop name is that long */
+            for (Py_ssize_t k = a; k < b; k++)
+                buf[k - a] = (p[k] >= 'A' && p[k] <= 'Z') ? (char)(p[k] + 32) : (char)p[k];
+            PyObject *tok = PyBytes_FromStringAndSize(buf, b - a);
+            if (tok == NULL)
+                return -1;
+            int in = PySet_Contains(F.hop, tok);
+            Py_DECREF(tok);
+            if (in <= 0)
+                return in;
+        }
+        i = j + 1;
+    }
+    return 1;
+}
+
+static PyObject *
+response_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!F.ready || nargs != 1 || !PyList_CheckExact(args[0]))
+        Py_RETURN_NONE;
+    PyObject *list = PyList_GetSlice(args[0], 0, PY_SSIZE_T_MAX);   /* own the pairs */
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t nh = PyList_GET_SIZE(list);
+    Pieces s;
+    s.cap = 4 * nh + 4;
+    s.n = s.len = 0;
+    s.v = PyMem_Malloc(s.cap * sizeof(Piece));
+    PyObject *result = NULL;
+    int has_cl = 0, chunked = 0, plain = 1;
+    if (s.v == NULL) {
+        Py_DECREF(list);
+        return PyErr_NoMemory();
+    }
+    char lower[32];
+    for (Py_ssize_t i = 0; i < nh && plain; i++) {
+        PyObject *pair = PyList_GET_ITEM(list, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0)) || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+            plain = 0;
+            break;
+        }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        Py_ssize_t n = PyBytes_GET_SIZE(name);
+        long act = 0;
+        if (n <= (Py_ssize_t)sizeof(lower)) {   /* every name in the table is shorter */
+            const char *p = PyBytes_AS_STRING(name);
+            for (Py_ssize_t k = 0; k < n; k++)
+                lower[k] = (p[k] >= 'A' && p[k] <= 'Z') ? (char)(p[k] + 32) : p[k];
+            PyObject *ln = PyBytes_FromStringAndSize(lower, n);
+            if (ln == NULL)
+                goto done;
+            PyObject *a = PyDict_GetItemWithError(F.actions, ln);
+            Py_DECREF(ln);
+            if (a == NULL && PyErr_Occurred())
+                goto done;
+            if (a != NULL) {
+                act = PyLong_AsLong(a);
+                if (act == -1 && PyErr_Occurred())
+                    goto done;
+            }
+        }
+        if (act == 0 || act == F.a_cl) {
+            if (act == F.a_cl)
+                has_cl = 1;
+            if (ADD_BYTES(&s, name) < 0 || ADD_LIT(&s, ": ") < 0 || ADD_BYTES(&s, value) < 0
+                || ADD_LIT(&s, "\r\n") < 0)
+                goto done;
+        } else if (act == F.a_te) {
+            chunked = 1;
+        } else if (act == F.a_conn) {
+            int only = only_hop_tokens(value);
+            if (only < 0)
+                goto done;
+            if (!only)
+                plain = 0;   /* it names an end-to-end field: Python's second pass */
+        } else if (act != F.a_hop) {
+            plain = 0;
+        }
+    }
+    if (!plain) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, s.len);
+    if (block == NULL)
+        goto done;
+    char *out = PyBytes_AS_STRING(block);
+    for (Py_ssize_t i = 0; i < s.n; i++) {
+        memcpy(out, s.v[i].p, s.v[i].n);
+        out += s.v[i].n;
+    }
+    result = Py_BuildValue("(NOO)", block, has_cl ? Py_True : Py_False, chunked ? Py_True : Py_False);
+done:
+    PyMem_Free(s.v);
+    Py_DECREF(list);
+    return result;
+}
+
+static PyMethodDef fields_def = {
+    "response_fields", (PyCFunction)(void (*)(void))response_fields, METH_FASTCALL,
+    "Exchange._render_head's loop over the backend's fields in C (proxy/_hotpath.c).",
+};
+
+/* setup_fields(actions, hop_by_hop, (HOP, CL, TE, CONN)) -> the C function */
+static PyObject *
+setup_fields(PyObject *self, PyObject *args)
+{
+    PyObject *actions, *hop;
+    long a_hop, a_cl, a_te, a_conn;
+    if (!PyArg_ParseTuple(args, "O!O!(llll):setup_fields", &PyDict_Type, &actions, &PyFrozenSet_Type,
+                          &hop, &a_hop, &a_cl, &a_te, &a_conn))
+        return NULL;
+    if (a_hop == 0 || a_cl == 0 || a_te == 0 || a_conn == 0) {
+        PyErr_SetString(PyExc_ValueError, "setup_fields: 0 is no action");
+        return NULL;
+    }
+    Py_INCREF(actions); Py_XSETREF(F.actions, actions);
+    Py_INCREF(hop); Py_XSETREF(F.hop, hop);
+    F.a_hop = a_hop; F.a_cl = a_cl; F.a_te = a_te; F.a_conn = a_conn;
+    F.ready = 1;
+    return PyCFunction_New(&fields_def, NULL);
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Downstream, Exchange, PARSING, py_on_header): the C on_header, as a method of Downstream."},
@@ -626,6 +904,10 @@ static PyMethodDef methods[] = {
      "setup_head(Exchange, py_build, keep, (SKIP, XFF, VIA, HOST)): the C build_upstream_head."},
     {"setup_response", setup_response, METH_VARARGS,
      "setup_response(Exchange, limit, py_on_header): the C Exchange.on_header, as a method of Exchange."},
+    {"setup_check", setup_check, METH_VARARGS,
+     "setup_check(Exchange, py_check, uri_chars): the C check_head (its common case)."},
+    {"setup_fields", setup_fields, METH_VARARGS,
+     "setup_fields(actions, hop_by_hop, (HOP, CL, TE, CONN)): the C response_fields."},
     {NULL, NULL, 0, NULL},
 };
 

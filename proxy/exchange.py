@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from ._accel import attach
 from .http11 import CONTINUE_100, HOP_BY_HOP, REASONS, connection_tokens, error_response
 from .balance.cluster import on_start
 from .upstream import BackendPool, PoolLimitReached, UpstreamConnection
@@ -533,8 +534,14 @@ class Exchange:
         has_cl = False
         chunked = False
         named: set[bytes] | None = None
+        # The loop below in C when it was built (None: a Connection field names an
+        # end-to-end field, or anything else the C leaves to this loop).
+        fields = _response_fields(self.resp_headers) if _response_fields is not None else None
+        if fields is not None:
+            block, has_cl, chunked = fields
+            out.append(block)
         get = _RESPONSE_ACTIONS.get
-        for name, value in self.resp_headers:
+        for name, value in (self.resp_headers if fields is None else ()):
             act = get(name.lower())
             if act is None:
                 out += (name, b": ", value, b"\r\n")
@@ -742,6 +749,9 @@ class Exchange:
 _HOP, _CL, _TE, _CONN = 1, 2, 3, 4
 _RESPONSE_ACTIONS: dict[bytes, int] = {**dict.fromkeys(HOP_BY_HOP, _HOP), b"content-length": _CL,
                                        b"transfer-encoding": _TE, b"connection": _CONN}
+# _render_head's field loop in C (proxy/_hotpath.c), or None: the loop runs in Python
+_response_fields = attach("proxy._hotpath", lambda c: c.setup_fields(
+    _RESPONSE_ACTIONS, HOP_BY_HOP, (_HOP, _CL, _TE, _CONN)))
 
 IDEMPOTENT_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 

@@ -16,7 +16,7 @@ import httptools
 from ._accel import attach
 from .downstream import Reject
 from .exchange import Exchange
-from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, valid_host, valid_target
+from .http11 import HOP_BY_HOP, NODE_SET_REQUEST, URI_CHARS, valid_host, valid_target
 
 
 def check_head(ex: Exchange, known_host: bytes | None = None) -> tuple[bytes, bytes]:
@@ -231,5 +231,10 @@ def _ip_of(entry: str) -> str | None:
 build_upstream_head_py = build_upstream_head
 build_upstream_head = attach("proxy._hotpath", lambda c: c.setup_head(  # noqa: F811
     Exchange, build_upstream_head_py, _KEEP, (SKIP, XFF, VIA, HOST))) or build_upstream_head_py
+
+# check_head's common case in C (the Python function, the reference, does the rest)
+check_head_py = check_head
+check_head = attach("proxy._hotpath", lambda c: c.setup_check(  # noqa: F811
+    Exchange, check_head_py, URI_CHARS)) or check_head_py
 
 __all__ = ["check_head", "build_upstream_head", "client_from_xff", "header_actions"]

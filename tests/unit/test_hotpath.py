@@ -135,3 +135,102 @@ def test_a_c_part_that_does_not_fit_leaves_the_python_version(caplog) -> None:
         assert _accel.attach("proxy._hotpath", setup) is None
     assert "does not fit this source" in caplog.text
     assert _accel.attach("proxy._no_such_module", setup) is None
+
+
+# -- check_head's common case and the response head's fields ----------------
+
+from proxy import exchange as exchange_mod  # noqa: E402
+from proxy.request import check_head, check_head_py  # noqa: E402
+
+
+def test_the_other_c_parts_are_used() -> None:
+    if PURE:
+        pytest.skip("NOVAEDGE_PURE_PYTHON=1")
+    assert check_head is not check_head_py
+    assert exchange_mod._response_fields is not None
+
+
+def _head_ex(version, method, url, host_count, host_value, te, expect, has_cl, upgrade, tokens) -> Exchange:
+    ex = _down(100, 32768).parsing
+    ex.version, ex.method, ex.url = version, method, list(url)
+    ex.host_count, ex.host_value, ex.te_value, ex.expect = host_count, host_value, te, expect
+    ex.has_cl, ex.upgrade, ex.conn_tokens = has_cl, upgrade, set(tokens)
+    if has_cl:
+        ex.headers = [(b"content-length", b"5")]
+    return ex
+
+
+def _check(fn, ex: Exchange, known) -> tuple[object, ...]:
+    try:
+        out = ("ok", fn(ex, known))
+    except Reject as e:
+        out = ("reject", e.status, e.reason)
+    return out + ((ex.declared_len, ex.chunked, ex.expect, ex.want_upgrade, ex.upgrade),)
+
+
+targets = st.sampled_from([b"/", b"/a/b?c=d", b"/%41%zz", b"/%4", b"/a#f", b"/a\\b", b"*", b"http://h/x",
+                           b"/caf\xc3\xa9", b"/a b", b"/%2F"]) | st.binary(max_size=12).map(lambda b: b"/" + b)
+hosts = st.sampled_from([b"a.example", b"a.example:8080", b"[::1]:80", b"bad host", b""])
+
+
+@settings(max_examples=500, deadline=None)
+@given(version=st.sampled_from(["1.1", "1.1", "1.0", "0.9", "2.0"]),
+       method=st.sampled_from(["GET", "GET", "POST", "CONNECT", "OPTIONS"]),
+       url=st.lists(targets, min_size=1, max_size=2), host_count=st.sampled_from([1, 1, 1, 0, 2]),
+       host_value=st.none() | hosts, known=st.none() | hosts,
+       te=st.none() | st.sampled_from([b"chunked", b"gzip, chunked"]),
+       expect=st.none() | st.sampled_from([b"100-continue", b"x"]), has_cl=st.booleans(),
+       upgrade=st.none() | st.sampled_from([b"websocket", b"h2c"]),
+       tokens=st.sets(st.sampled_from([b"upgrade", b"keep-alive"])))
+def test_the_c_check_head_matches_the_python_one(version, method, url, host_count, host_value, known, te,
+                                                 expect, has_cl, upgrade, tokens) -> None:
+    args = (version, method, url, host_count, host_value, te, expect, has_cl, upgrade, tokens)
+    assert _check(check_head, _head_ex(*args), known) == _check(check_head_py, _head_ex(*args), known)
+
+
+def _render(ex: Exchange, fields_fn) -> bytes:
+    saved = exchange_mod._response_fields
+    exchange_mod._response_fields = fields_fn
+    try:
+        return ex._render_head(interim=False)
+    finally:
+        exchange_mod._response_fields = saved
+
+
+resp_names = st.sampled_from([b"Server", b"Content-Length", b"content-length", b"Transfer-Encoding",
+                              b"Connection", b"Keep-Alive", b"X-Thing", b"TE", b"Trailer", b"Upgrade",
+                              b"Proxy-Authenticate", b"PROXY-CONNECTION"]) | st.binary(min_size=1, max_size=40)
+resp_values = st.sampled_from([b"keep-alive", b"close", b"x-thing", b" Keep-Alive ,\tTE", b"x-thing, close",
+                               b"", b"5", b",,"]) | st.binary(max_size=80)
+
+
+@settings(max_examples=500, deadline=None)
+@given(fields=st.lists(st.tuples(resp_names, resp_values), max_size=10), status=st.sampled_from([200, 404]),
+       version=st.sampled_from(["1.1", "1.0"]))
+def test_the_c_response_fields_match_the_python_loop(fields, status, version) -> None:
+    if exchange_mod._response_fields is None:
+        pytest.skip("the C version is not built")
+    heads = []
+    for fn in (exchange_mod._response_fields, None):
+        down = _down(100, 32768)
+        down.trusted_peer = down.closing = False
+        node = types.SimpleNamespace(via_header=b"Via: 1.1 novaedge\r\n", draining=False,
+                                     snapshot=types.SimpleNamespace(config=types.SimpleNamespace(debug_headers=False)))
+        down.node = node  # type: ignore[assignment]
+        ex = down.parsing
+        ex.node = node  # type: ignore[assignment]
+        ex.ctx = types.SimpleNamespace(request_id="r1")  # type: ignore[assignment]
+        ex.resp_status, ex.resp_headers, ex.version, ex.body_complete = status, list(fields), version, True
+        heads.append((_render(ex, fn), ex.resp_out_chunked, ex.resp_close_after, ex.resp_close_delimited))
+    assert heads[0] == heads[1]
+
+
+def test_a_connection_field_naming_an_end_to_end_field_is_left_to_python() -> None:
+    if exchange_mod._response_fields is None:
+        pytest.skip("the C version is not built")
+    fields = exchange_mod._response_fields
+    assert fields([(b"Connection", b"keep-alive"), (b"Server", b"x")]) == (b"Server: x\r\n", False, False)
+    assert fields([(b"Connection", b" Keep-Alive ,\tTE"), (b"Content-Length", b"3")]) == \
+        (b"Content-Length: 3\r\n", True, False)
+    assert fields([(b"Connection", b"x-thing"), (b"X-Thing", b"1")]) is None
+    assert fields([(b"X-Thing", b"1"), (b"Connection", b"close, x-thing")]) is None
