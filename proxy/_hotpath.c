@@ -1,6 +1,6 @@
 /* proxy._hotpath: the request and response header callbacks (Downstream.on_header,
- * Exchange.on_header), request.build_upstream_head, check_head's common case
- * and the response head's field loop in C.
+ * Exchange.on_header), request.build_upstream_head, check_head's common case,
+ * the response head's field loop and Exchange creation in C.
  *
  * Why C: httptools calls on_header once per request header field; the
  * Python method costs ~0.35 us a field, which with a browser's dozen fields
@@ -897,6 +897,176 @@ setup_fields(PyObject *self, PyObject *args)
     return PyCFunction_New(&fields_def, NULL);
 }
 
+/* -- Exchange(down), without running __init__ ----------------------------------
+ * Exchange.__init__ sets ~60 slots, nearly all to constants: ~0.5 us a
+ * request in Python. new_exchange(down) allocates the object and fills its
+ * slots from a template that setup_exchange() reads off an Exchange made by
+ * the real __init__ (so the Python __init__ stays the one definition): a
+ * slot holding the down, its node or the node's limits gets this request's;
+ * an empty list or set gets a new one; anything else is an immutable
+ * constant, shared. setup_exchange() refuses a template it cannot
+ * classify (a dict, a non-empty list...), and the Python class is used. */
+
+enum { T_CONST, T_DOWN, T_NODE, T_LIMITS, T_LIST, T_SET, T_UNSET };
+
+#define MAX_TEMPLATE 128
+
+static struct {
+    int ready;
+    int n;
+    Py_ssize_t off[MAX_TEMPLATE];
+    int kind[MAX_TEMPLATE];
+    PyObject *value[MAX_TEMPLATE];
+    Py_ssize_t down_node;            /* offset of Downstream.node */
+    PyObject *s_snapshot, *s_config, *s_limits;
+} X;
+
+static int
+immutable(PyObject *o)
+{
+    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) || PyFloat_CheckExact(o)
+        || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o))
+        return 1;
+    if (PyTuple_CheckExact(o)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); i++)
+            if (!immutable(PyTuple_GET_ITEM(o, i)))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+new_exchange(PyObject *self, PyObject *down)
+{
+    if (!X.ready || !PyObject_TypeCheck(down, H.down_type)) {
+        PyErr_SetString(PyExc_TypeError, "new_exchange(down): not set up, or not a Downstream");
+        return NULL;
+    }
+    PyObject *node = SLOT(down, X.down_node);
+    if (node == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "node");
+        return NULL;
+    }
+    /* down.node.snapshot.config.limits, as __init__ reads it */
+    PyObject *snap = PyObject_GetAttr(node, X.s_snapshot);
+    if (snap == NULL)
+        return NULL;
+    PyObject *config = PyObject_GetAttr(snap, X.s_config);
+    Py_DECREF(snap);
+    if (config == NULL)
+        return NULL;
+    PyObject *limits = PyObject_GetAttr(config, X.s_limits);
+    Py_DECREF(config);
+    if (limits == NULL)
+        return NULL;
+    PyTypeObject *t = H.ex_type;
+    PyObject *ex = t->tp_alloc(t, 0);
+    if (ex == NULL) {
+        Py_DECREF(limits);
+        return NULL;
+    }
+    for (int i = 0; i < X.n; i++) {
+        PyObject *v;
+        switch (X.kind[i]) {
+        case T_CONST: v = Py_NewRef(X.value[i]); break;
+        case T_DOWN: v = Py_NewRef(down); break;
+        case T_NODE: v = Py_NewRef(node); break;
+        case T_LIMITS: v = Py_NewRef(limits); break;
+        case T_LIST: v = PyList_New(0); break;
+        case T_SET: v = PySet_New(NULL); break;
+        default: continue;   /* T_UNSET: __init__ leaves it unset too */
+        }
+        if (v == NULL) {
+            Py_DECREF(limits);
+            Py_DECREF(ex);
+            return NULL;
+        }
+        SLOT(ex, X.off[i]) = v;   /* the slot is NULL in a new object */
+    }
+    Py_DECREF(limits);
+    return ex;
+}
+
+static PyMethodDef new_exchange_def = {
+    "new_exchange", (PyCFunction)new_exchange, METH_O,
+    "Exchange(down) without __init__, from its template (proxy/_hotpath.c).",
+};
+
+/* setup_exchange(template, down, node, limits) -> new_exchange: `template` an
+ * Exchange made by __init__ from `down` (whose node is `node`, with `limits`) */
+static PyObject *
+setup_exchange(PyObject *self, PyObject *args)
+{
+    PyObject *tpl, *down, *node, *limits;
+    if (!PyArg_ParseTuple(args, "OOOO:setup_exchange", &tpl, &down, &node, &limits))
+        return NULL;
+    if (!H.ready || Py_TYPE(tpl) != H.ex_type) {
+        PyErr_SetString(PyExc_RuntimeError, "setup_exchange: call setup() first; template must be an Exchange");
+        return NULL;
+    }
+    if (slot_offset(H.down_type, "node", &X.down_node) < 0)
+        return NULL;
+    PyObject *slots = PyObject_GetAttrString((PyObject *)H.ex_type, "__slots__");
+    if (slots == NULL)
+        return NULL;
+    PyObject *seq = PySequence_Fast(slots, "__slots__ is not a sequence");
+    Py_DECREF(slots);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_TEMPLATE) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "setup_exchange: too many slots");
+        return NULL;
+    }
+    X.ready = 0;
+    for (int i = 0; i < X.n; i++)
+        Py_CLEAR(X.value[i]);
+    X.n = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "setup_exchange: a slot name is not a str");
+            goto fail;
+        }
+        if (slot_offset(H.ex_type, PyUnicode_AsUTF8(name), &X.off[i]) < 0)
+            goto fail;
+        PyObject *v = SLOT(tpl, X.off[i]);
+        X.value[i] = NULL;
+        if (v == NULL)
+            X.kind[i] = T_UNSET;
+        else if (v == down)
+            X.kind[i] = T_DOWN;
+        else if (v == node)
+            X.kind[i] = T_NODE;
+        else if (v == limits)
+            X.kind[i] = T_LIMITS;
+        else if (PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0)
+            X.kind[i] = T_LIST;
+        else if (PyAnySet_CheckExact(v) && !PyFrozenSet_Check(v) && PySet_GET_SIZE(v) == 0)
+            X.kind[i] = T_SET;
+        else if (immutable(v)) {
+            X.kind[i] = T_CONST;
+            X.value[i] = Py_NewRef(v);
+        } else {
+            PyErr_Format(PyExc_TypeError, "setup_exchange: slot %U holds a %s, which a template cannot copy",
+                         name, Py_TYPE(v)->tp_name);
+            goto fail;
+        }
+        X.n = (int)i + 1;
+    }
+    Py_DECREF(seq);
+    X.ready = 1;
+    return PyCFunction_New(&new_exchange_def, NULL);
+fail:
+    Py_DECREF(seq);
+    for (int i = 0; i < X.n; i++)
+        Py_CLEAR(X.value[i]);
+    X.n = 0;
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Downstream, Exchange, PARSING, py_on_header): the C on_header, as a method of Downstream."},
@@ -908,6 +1078,8 @@ static PyMethodDef methods[] = {
      "setup_check(Exchange, py_check, uri_chars): the C check_head (its common case)."},
     {"setup_fields", setup_fields, METH_VARARGS,
      "setup_fields(actions, hop_by_hop, (HOP, CL, TE, CONN)): the C response_fields."},
+    {"setup_exchange", setup_exchange, METH_VARARGS,
+     "setup_exchange(template, down, node, limits): new_exchange, Exchange(down) from a template."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -918,7 +1090,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
-    if ((H.s_max_headers = PyUnicode_InternFromString("max_headers")) == NULL
+    if ((X.s_snapshot = PyUnicode_InternFromString("snapshot")) == NULL
+        || (X.s_config = PyUnicode_InternFromString("config")) == NULL
+        || (X.s_limits = PyUnicode_InternFromString("limits")) == NULL
+        || (H.s_max_headers = PyUnicode_InternFromString("max_headers")) == NULL
         || (H.s_max_header_bytes = PyUnicode_InternFromString("max_header_bytes")) == NULL)
         return NULL;
     return PyModule_Create(&module);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import types
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -328,7 +329,7 @@ class Downstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.dead:
             raise _StopParsing()   # closing: what follows in this read is not parsed
-        ex = Exchange(self)
+        ex = _new_exchange(self)   # Exchange(self), made in C when it was built
         self.parsing = ex
         if not self.head_started_at:
             self.head_started_at = self.last_active   # set by data_received, our caller
@@ -742,11 +743,21 @@ Downstream._on_header_py = Downstream.on_header   # type: ignore[attr-defined]
 Exchange._on_header_py = Exchange.on_header       # type: ignore[attr-defined]
 
 
-def _setup_c(hotpath: Any) -> tuple[Any, Any]:
-    return (hotpath.setup(Downstream, Exchange, PARSING, Downstream._on_header_py),  # type: ignore[attr-defined]
-            hotpath.setup_response(Exchange, UPSTREAM_HEAD_LIMIT, Exchange._on_header_py))  # type: ignore[attr-defined]
+def _setup_c(hotpath: Any) -> tuple[Any, Any, Any]:
+    on_header = hotpath.setup(Downstream, Exchange, PARSING, Downstream._on_header_py)  # type: ignore[attr-defined]
+    on_response_header = hotpath.setup_response(Exchange, UPSTREAM_HEAD_LIMIT,
+                                                Exchange._on_header_py)  # type: ignore[attr-defined]
+    # Exchange(down) in C copies the slots of one Exchange made by __init__,
+    # from a stand-in connection whose node and limits it can tell apart.
+    down = Downstream.__new__(Downstream)
+    limits = object()
+    down.node = types.SimpleNamespace(  # type: ignore[assignment]
+        snapshot=types.SimpleNamespace(config=types.SimpleNamespace(limits=limits)))
+    new_exchange = hotpath.setup_exchange(Exchange(down), down, down.node, limits)
+    return on_header, on_response_header, new_exchange
 
 
+_new_exchange: Any = Exchange
 _c = attach("proxy._hotpath", _setup_c)
 if _c is not None:
-    Downstream.on_header, Exchange.on_header = _c  # type: ignore[method-assign]
+    Downstream.on_header, Exchange.on_header, _new_exchange = _c  # type: ignore[method-assign]

@@ -234,3 +234,46 @@ def test_a_connection_field_naming_an_end_to_end_field_is_left_to_python() -> No
         (b"Content-Length: 3\r\n", True, False)
     assert fields([(b"Connection", b"x-thing"), (b"X-Thing", b"1")]) is None
     assert fields([(b"X-Thing", b"1"), (b"Connection", b"close, x-thing")]) is None
+
+
+# -- Exchange(down) made in C from its template -------------------------------
+
+def test_a_c_made_exchange_equals_one_made_by_init() -> None:
+    from proxy import downstream as downstream_mod
+    if PURE:
+        assert downstream_mod._new_exchange is Exchange
+        return
+    new = downstream_mod._new_exchange
+    assert new is not Exchange
+    down = _down(100, 32768)
+    a, b, c = new(down), new(down), Exchange(down)
+    assert type(a) is Exchange
+    for name in Exchange.__slots__:
+        va, vc = getattr(a, name, "<unset>"), getattr(c, name, "<unset>")
+        assert va == vc, name
+        if isinstance(va, (list, set)):   # a fresh one per exchange, never shared
+            assert va is not getattr(b, name) and va is not vc, name
+    assert a.down is down and a.node is down.node and a.limits is down.node.snapshot.config.limits
+    a.headers.append((b"host", b"x"))
+    assert b.headers == [] and c.headers == []
+
+
+def test_a_template_with_a_mutable_constant_is_refused() -> None:
+    """A slot __init__ sets to something the template cannot copy safely (a
+    dict) must make setup fail, so that the Python class is used."""
+    if PURE:
+        pytest.skip("NOVAEDGE_PURE_PYTHON=1")
+    from proxy import _hotpath  # type: ignore[attr-defined]
+    down = _down(100, 32768)
+    limits = down.node.snapshot.config.limits
+    tpl = Exchange(down)
+    tpl.tried = {"x": 1}  # type: ignore[assignment]
+    from proxy import downstream as downstream_mod
+    try:
+        with pytest.raises(TypeError, match="tried"):
+            _hotpath.setup_exchange(tpl, down, down.node, limits)
+        with pytest.raises(TypeError, match="not set up"):
+            downstream_mod._new_exchange(down)   # a failed setup leaves no half template
+    finally:   # set up again (the C state is global) for the tests that follow
+        _hotpath.setup_exchange(Exchange(down), down, down.node, limits)
+    assert downstream_mod._new_exchange(down).tried == set()
