@@ -101,7 +101,9 @@ special(const char *p, Py_ssize_t n)
 }
 
 static PyObject *on_header_fields(PyObject *down, PyObject *ex, PyObject **f, PyObject *name,
-                                  PyObject *value);
+                                  PyObject *value, Py_ssize_t max_headers, Py_ssize_t max_bytes);
+static PyObject *on_header_ex(PyObject *down, PyObject *ex, PyObject *name, PyObject *value,
+                              Py_ssize_t max_headers, Py_ssize_t max_bytes);
 
 static PyObject *
 on_header(PyObject *down, PyObject *const *args, Py_ssize_t nargs)
@@ -117,6 +119,28 @@ on_header(PyObject *down, PyObject *const *args, Py_ssize_t nargs)
     PyObject *ex = SLOT(down, H.down_parsing);
     if (ex == NULL || Py_TYPE(ex) != H.ex_type)
         return py_fallback(down, name, value);
+    /* The limits first: their look-ups are the only calls here that could run
+     * Python code, and the slots are read after them. Own the exchange and
+     * the limits meanwhile. */
+    PyObject *limits = SLOT(ex, H.ex_off[X_LIMITS]);
+    if (limits == NULL)
+        return py_fallback(down, name, value);
+    Py_INCREF(ex);
+    Py_INCREF(limits);
+    Py_ssize_t max_headers = int_attr(limits, H.s_max_headers);
+    Py_ssize_t max_bytes = max_headers < 0 ? -1 : int_attr(limits, H.s_max_header_bytes);
+    Py_DECREF(limits);
+    PyObject *r = on_header_ex(down, ex, name, value, max_headers, max_bytes);
+    Py_DECREF(ex);
+    return r;
+}
+
+static PyObject *
+on_header_ex(PyObject *down, PyObject *ex, PyObject *name, PyObject *value, Py_ssize_t max_headers,
+             Py_ssize_t max_bytes)
+{
+    if (max_headers < 0 || max_bytes < 0 || SLOT(down, H.down_parsing) != ex)
+        return py_fallback(down, name, value);
     PyObject *f[N_EX];
     for (int i = 0; i < N_EX; i++) {
         f[i] = SLOT(ex, H.ex_off[i]);
@@ -130,34 +154,33 @@ on_header(PyObject *down, PyObject *const *args, Py_ssize_t nargs)
         || !PyLong_CheckExact(f[X_HEADER_BYTES]) || !PyLong_CheckExact(f[X_URL_LEN])
         || !PyLong_CheckExact(f[X_HOST_COUNT]))
         return py_fallback(down, name, value);
-    /* own them: the limits' attribute look-ups could run Python code */
+    /* owned all the same: nothing below runs Python code, but cheap insurance */
     for (int i = 0; i < N_EX; i++)
         Py_INCREF(f[i]);
-    PyObject *r = on_header_fields(down, ex, f, name, value);
+    PyObject *r = on_header_fields(down, ex, f, name, value, max_headers, max_bytes);
     for (int i = 0; i < N_EX; i++)
         Py_DECREF(f[i]);
     return r;
 }
 
 static PyObject *
-on_header_fields(PyObject *down, PyObject *ex, PyObject **f, PyObject *name, PyObject *value)
+on_header_fields(PyObject *down, PyObject *ex, PyObject **f, PyObject *name, PyObject *value,
+                 Py_ssize_t max_headers, Py_ssize_t max_bytes)
 {
-
     Py_ssize_t n = PyBytes_GET_SIZE(name);
     const char *src = PyBytes_AS_STRING(name);
     if (memchr(src, '_', n) != NULL)
         return py_fallback(down, name, value);
     /* the limits, checked before anything changes: over one, Python raises */
-    Py_ssize_t max_headers = int_attr(f[X_LIMITS], H.s_max_headers);
-    Py_ssize_t max_bytes = int_attr(f[X_LIMITS], H.s_max_header_bytes);
     Py_ssize_t header_bytes = PyLong_AsSsize_t(f[X_HEADER_BYTES]);
     Py_ssize_t url_len = PyLong_AsSsize_t(f[X_URL_LEN]);
-    if (max_headers < 0 || max_bytes < 0 || header_bytes < 0 || url_len < 0) {
+    Py_ssize_t new_bytes;
+    if (header_bytes < 0 || url_len < 0
+        || __builtin_add_overflow(header_bytes, n + PyBytes_GET_SIZE(value) + 4, &new_bytes)) {
         PyErr_Clear();
         return py_fallback(down, name, value);
     }
-    Py_ssize_t new_bytes = header_bytes + n + PyBytes_GET_SIZE(value) + 4;
-    if (PyList_GET_SIZE(f[X_HEADERS]) + 1 > max_headers || new_bytes > max_bytes + url_len)
+    if (PyList_GET_SIZE(f[X_HEADERS]) >= max_headers || new_bytes - url_len > max_bytes)
         return py_fallback(down, name, value);
 
     /* name.lower(): ASCII only, as bytes.lower() */
@@ -227,11 +250,17 @@ setup(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!OO:setup", &PyType_Type, &down_type, &PyType_Type, &ex_type,
                           &parsing, &py_on_header))
         return NULL;
-    if (slot_offset((PyTypeObject *)down_type, "parsing", &H.down_parsing) < 0)
+    Py_ssize_t parsing_off, ex_off[N_EX];
+    if (slot_offset((PyTypeObject *)down_type, "parsing", &parsing_off) < 0)
         return NULL;
     for (int i = 0; i < N_EX; i++)
-        if (slot_offset((PyTypeObject *)ex_type, ex_names[i], &H.ex_off[i]) < 0)
+        if (slot_offset((PyTypeObject *)ex_type, ex_names[i], &ex_off[i]) < 0)
             return NULL;
+    /* (each other part keeps the Exchange type it was set up for, and takes
+     * only exchanges of that type) */
+    H.ready = 0;
+    H.down_parsing = parsing_off;
+    memcpy(H.ex_off, ex_off, sizeof(ex_off));
     Py_INCREF(down_type); Py_XSETREF(H.down_type, (PyTypeObject *)down_type);
     Py_INCREF(ex_type); Py_XSETREF(H.ex_type, (PyTypeObject *)ex_type);
     Py_INCREF(parsing); Py_XSETREF(H.parsing_state, parsing);
@@ -260,6 +289,7 @@ static const char *head_names[N_HEAD] = {
 
 static struct {
     int ready;
+    PyTypeObject *ex_type;
     Py_ssize_t off[N_HEAD];
     PyObject *py_build;       /* request.build_upstream_head_py */
     PyObject *keep;           /* request._KEEP */
@@ -317,7 +347,7 @@ build_upstream_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return build_py(args, nargs);
     PyObject *ex = args[0], *target = args[1], *host = args[2], *trusted = args[4],
         *scheme = args[6], *request_id = args[8], *actions = args[9], *memo = args[11];
-    if (Py_TYPE(ex) != H.ex_type || !PyBytes_CheckExact(target) || !PyBytes_CheckExact(host)
+    if (Py_TYPE(ex) != B.ex_type || !PyBytes_CheckExact(target) || !PyBytes_CheckExact(host)
         || !PyBytes_CheckExact(request_id) || !PyBytes_CheckExact(scheme)
         || !PyDict_CheckExact(actions) || !PyList_CheckExact(memo) || PyList_GET_SIZE(memo) != 2)
         return build_py(args, nargs);
@@ -328,13 +358,19 @@ build_upstream_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return build_py(args, nargs);
     }
     PyObject *headers = f[E_HEADERS], *names = f[E_NAMES];
+    /* flags as exact bools and a host count that fits: no Python code runs
+     * for them, and nothing else is left to the C to interpret */
     if (!PyUnicode_CheckExact(f[E_METHOD]) || !PyList_CheckExact(headers) || !PyList_CheckExact(names)
         || !PyAnySet_CheckExact(f[E_CONN_TOKENS]) || !PyLong_CheckExact(f[E_HOST_COUNT])
-        || !PyLong_CheckExact(f[E_DECLARED_LEN]))
+        || !PyLong_CheckExact(f[E_DECLARED_LEN]) || !PyBool_Check(trusted) || !PyBool_Check(f[E_CHUNKED])
+        || !PyBool_Check(f[E_WANT_UPGRADE]) || !PyBool_Check(f[E_HOST_MISSING]))
         return build_py(args, nargs);
-    int trusted_peer = PyObject_IsTrue(trusted);
-    if (trusted_peer < 0)
-        return NULL;
+    int overflow;
+    long host_count = PyLong_AsLongAndOverflow(f[E_HOST_COUNT], &overflow);
+    if (overflow || host_count < 0)
+        return build_py(args, nargs);
+    (void)host_count;
+    int trusted_peer = trusted == Py_True;
     for (int i = 0; i < N_HEAD; i++)
         Py_INCREF(f[i]);
     PyObject *res = build_fields(args, nargs, f, trusted_peer);
@@ -349,7 +385,15 @@ build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_
     PyObject *ex = args[0], *target = args[1], *host = args[2], *client_ip = args[3],
         *scheme = args[6], *request_id = args[8], *actions = args[9], *extra = args[10],
         *memo = args[11];
-    PyObject *headers = f[E_HEADERS], *names = f[E_NAMES];
+    /* own copies of the lists: the pieces point into their bytes until the join */
+    PyObject *headers = PyList_GetSlice(f[E_HEADERS], 0, PY_SSIZE_T_MAX);
+    if (headers == NULL)
+        return NULL;
+    PyObject *names = PyList_GetSlice(f[E_NAMES], 0, PY_SSIZE_T_MAX);
+    if (names == NULL) {
+        Py_DECREF(headers);
+        return NULL;
+    }
     (void)scheme;
     Py_ssize_t nh = PyList_GET_SIZE(headers);
     if (PyList_GET_SIZE(names) < nh)
@@ -360,11 +404,7 @@ build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_
     s.v = PyMem_Malloc(s.cap * sizeof(Piece));
     if (s.v == NULL)
         return PyErr_NoMemory();
-    PyObject *result = NULL, *drop = NULL, *fwd = NULL, *cl = NULL, *up_bytes = NULL;
-    /* everything the pieces point into stays alive: the lists and their
-     * tuples are not changed by anything called here */
-    Py_INCREF(headers);
-    Py_INCREF(names);
+    PyObject *result = NULL, *drop = NULL, *fwd = NULL, *cl = NULL, *up_bytes = NULL, *key = NULL;
 
     Py_ssize_t mlen;
     const char *m = PyUnicode_AsUTF8AndSize(f[E_METHOD], &mlen);
@@ -410,14 +450,14 @@ build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_
             goto python;
         }
     }
-    if (PyLong_AsLong(f[E_HOST_COUNT]) == 0 && PyBytes_GET_SIZE(host) > 0) {
+    if (PyLong_AsLong(f[E_HOST_COUNT]) == 0 && PyBytes_GET_SIZE(host) > 0) {   /* fits: checked */
         if (ADD_LIT(&s, "Host: ") < 0 || ADD_BYTES(&s, host) < 0 || ADD_LIT(&s, "\r\n") < 0)
             goto done;
     }
 
     /* the forwarding block: the connection's memo, [key, block], key = (host, client_ip, extra) */
     {
-        PyObject *key = PyList_GET_ITEM(memo, 0);
+        key = Py_NewRef(PyList_GET_ITEM(memo, 0));
         int hit = 0;
         if (PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 3) {
             PyObject *mine[3] = {host, client_ip, extra};
@@ -432,25 +472,23 @@ build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_
         if (!hit)   /* a connection's first request, or a new host, client or geo fields: */
             goto python;   /* Python makes the block and keeps it in the memo */
         fwd = Py_NewRef(PyList_GET_ITEM(memo, 1));
-        if (!PyBytes_CheckExact(fwd)) {
-            PyErr_SetString(PyExc_TypeError, "forwarding block is not bytes");
-            goto done;
-        }
+        if (!PyBytes_CheckExact(fwd))
+            goto python;
         if (ADD_BYTES(&s, fwd) < 0)
             goto done;
     }
     if (ADD_LIT(&s, "X-Request-Id: ") < 0 || ADD_BYTES(&s, request_id) < 0 || ADD_LIT(&s, "\r\n") < 0)
         goto done;
-    int chunked = PyObject_IsTrue(f[E_CHUNKED]);
-    if (chunked < 0)
-        goto done;
+    int chunked = f[E_CHUNKED] == Py_True;
     if (chunked) {
         if (ADD_LIT(&s, "Transfer-Encoding: chunked\r\n") < 0)
             goto done;
     } else {
         Py_ssize_t declared = PyLong_AsSsize_t(f[E_DECLARED_LEN]);
-        if (declared == -1 && PyErr_Occurred())
-            goto done;
+        if (declared == -1 && PyErr_Occurred()) {   /* beyond 2**63: Python writes it, dispatch 413s */
+            PyErr_Clear();
+            goto python;
+        }
         if (declared >= 0) {
             if ((cl = PyBytes_FromFormat("Content-Length: %zd\r\n", declared)) == NULL
                 || ADD_BYTES(&s, cl) < 0)
@@ -461,9 +499,7 @@ build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_
                 goto done;
         }
     }
-    int want_upgrade = PyObject_IsTrue(f[E_WANT_UPGRADE]);
-    if (want_upgrade < 0)
-        goto done;
+    int want_upgrade = f[E_WANT_UPGRADE] == Py_True;
     if (want_upgrade && f[E_UPGRADE] != Py_None) {
         if (!PyBytes_Check(f[E_UPGRADE]))
             goto python;
@@ -501,6 +537,7 @@ done:
     PyMem_Free(s.v);
     Py_DECREF(headers);
     Py_DECREF(names);
+    Py_XDECREF(key);
     Py_XDECREF(drop);
     Py_XDECREF(fwd);
     Py_XDECREF(cl);
@@ -526,9 +563,11 @@ setup_head(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "setup_head: call setup() first, with the same Exchange");
         return NULL;
     }
+    B.ready = 0;
     for (int i = 0; i < N_HEAD; i++)
         if (slot_offset((PyTypeObject *)ex_type, head_names[i], &B.off[i]) < 0)
             return NULL;
+    Py_INCREF(ex_type); Py_XSETREF(B.ex_type, (PyTypeObject *)ex_type);
     Py_INCREF(py_build); Py_XSETREF(B.py_build, py_build);
     Py_INCREF(keep); Py_XSETREF(B.keep, keep);
     B.skip = skip; B.xff = xff; B.via = via; B.host = host;
@@ -547,6 +586,7 @@ static const char *resp_names[N_RESP] = {"resp_head_bytes", "resp_head_sent", "r
 
 static struct {
     int ready;
+    PyTypeObject *ex_type;
     Py_ssize_t off[N_RESP];
     Py_ssize_t limit;
     PyObject *py_on_header;
@@ -555,7 +595,11 @@ static struct {
 static PyObject *
 resp_on_header(PyObject *ex, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !R.ready || Py_TYPE(ex) != H.ex_type || !PyBytes_CheckExact(args[0])
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "on_header(name, value)");
+        return NULL;
+    }
+    if (!R.ready || Py_TYPE(ex) != R.ex_type || !PyBytes_CheckExact(args[0])
         || !PyBytes_CheckExact(args[1]))
         goto python;
     PyObject *hb = SLOT(ex, R.off[R_HEAD_BYTES]), *sent = SLOT(ex, R.off[R_HEAD_SENT]),
@@ -568,8 +612,9 @@ resp_on_header(PyObject *ex, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
         goto python;
     }
-    Py_ssize_t n = have + PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) + 4;
-    if (n > R.limit)
+    Py_ssize_t n;
+    if (have < 0 || __builtin_add_overflow(have, PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) + 4, &n)
+        || n > R.limit)
         goto python;   /* it raises */
     PyObject *nb = PyLong_FromSsize_t(n);
     if (nb == NULL)
@@ -587,9 +632,7 @@ resp_on_header(PyObject *ex, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 python:
     {
-        PyObject *full[3] = {ex, nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL};
-        if (nargs != 2)
-            return PyObject_Vectorcall(R.py_on_header, args, nargs, NULL);   /* let it complain */
+        PyObject *full[3] = {ex, args[0], args[1]};
         return PyObject_Vectorcall(R.py_on_header, full, 3, NULL);
     }
 }
@@ -611,9 +654,11 @@ setup_response(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "setup_response: call setup() first, with the same Exchange");
         return NULL;
     }
+    R.ready = 0;
     for (int i = 0; i < N_RESP; i++)
         if (slot_offset((PyTypeObject *)ex_type, resp_names[i], &R.off[i]) < 0)
             return NULL;
+    Py_INCREF(ex_type); Py_XSETREF(R.ex_type, (PyTypeObject *)ex_type);
     R.limit = limit;
     Py_INCREF(py_on_header); Py_XSETREF(R.py_on_header, py_on_header);
     R.ready = 1;
@@ -636,6 +681,7 @@ static const char *check_names[N_CHECK] = {
 
 static struct {
     int ready;
+    PyTypeObject *ex_type;
     Py_ssize_t off[N_CHECK];
     PyObject *py_check;
     PyObject *minus_one;
@@ -648,6 +694,17 @@ is_hex(unsigned char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
+/* an exact int equal to v (no exception left set, whatever its size) */
+static int
+long_is(PyObject *o, long v)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow;
+    long x = PyLong_AsLongAndOverflow(o, &overflow);
+    return !overflow && x == v;
+}
+
 static int
 str_is(PyObject *o, const char *s, Py_ssize_t n)
 {
@@ -658,7 +715,7 @@ str_is(PyObject *o, const char *s, Py_ssize_t n)
 static PyObject *
 check_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!K.ready || nargs != 2 || Py_TYPE(args[0]) != H.ex_type)
+    if (!K.ready || nargs != 2 || Py_TYPE(args[0]) != K.ex_type)
         goto python;
     PyObject *ex = args[0], *known = args[1];
     PyObject *f[N_CHECK];
@@ -672,7 +729,7 @@ check_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         || !PyList_CheckExact(f[C_URL]) || PyList_GET_SIZE(f[C_URL]) != 1
         || f[C_TE_VALUE] != Py_None || f[C_EXPECT] != Py_None || f[C_HAS_CL] != Py_False
         || f[C_UPGRADE] != Py_None || f[C_WANT_UPGRADE] != Py_False
-        || !PyLong_CheckExact(f[C_HOST_COUNT]) || PyLong_AsLong(f[C_HOST_COUNT]) != 1
+        || !long_is(f[C_HOST_COUNT], 1)
         || !PyBytes_CheckExact(f[C_HOST_VALUE]) || !PyBytes_CheckExact(known))
         goto python;
     PyObject *host = f[C_HOST_VALUE];
@@ -720,9 +777,11 @@ setup_check(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "setup_check: call setup() first, with the same Exchange");
         return NULL;
     }
+    K.ready = 0;
     for (int i = 0; i < N_CHECK; i++)
         if (slot_offset((PyTypeObject *)ex_type, check_names[i], &K.off[i]) < 0)
             return NULL;
+    Py_INCREF(ex_type); Py_XSETREF(K.ex_type, (PyTypeObject *)ex_type);
     memset(K.uri_ok, 0, sizeof(K.uri_ok));
     for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(uri_chars); i++)
         K.uri_ok[(unsigned char)PyBytes_AS_STRING(uri_chars)[i]] = 1;
@@ -913,6 +972,8 @@ enum { T_CONST, T_DOWN, T_NODE, T_LIMITS, T_LIST, T_SET, T_UNSET };
 
 static struct {
     int ready;
+    PyTypeObject *ex_type;
+    PyTypeObject *down_type;
     int n;
     Py_ssize_t off[MAX_TEMPLATE];
     int kind[MAX_TEMPLATE];
@@ -939,7 +1000,7 @@ immutable(PyObject *o)
 static PyObject *
 new_exchange(PyObject *self, PyObject *down)
 {
-    if (!X.ready || !PyObject_TypeCheck(down, H.down_type)) {
+    if (!X.ready || !PyObject_TypeCheck(down, X.down_type)) {
         PyErr_SetString(PyExc_TypeError, "new_exchange(down): not set up, or not a Downstream");
         return NULL;
     }
@@ -960,7 +1021,7 @@ new_exchange(PyObject *self, PyObject *down)
     Py_DECREF(config);
     if (limits == NULL)
         return NULL;
-    PyTypeObject *t = H.ex_type;
+    PyTypeObject *t = X.ex_type;
     PyObject *ex = t->tp_alloc(t, 0);
     if (ex == NULL) {
         Py_DECREF(limits);
@@ -1005,6 +1066,7 @@ setup_exchange(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "setup_exchange: call setup() first; template must be an Exchange");
         return NULL;
     }
+    X.ready = 0;
     if (slot_offset(H.down_type, "node", &X.down_node) < 0)
         return NULL;
     PyObject *slots = PyObject_GetAttrString((PyObject *)H.ex_type, "__slots__");
@@ -1057,6 +1119,8 @@ setup_exchange(PyObject *self, PyObject *args)
         X.n = (int)i + 1;
     }
     Py_DECREF(seq);
+    Py_INCREF(H.ex_type); Py_XSETREF(X.ex_type, H.ex_type);
+    Py_INCREF(H.down_type); Py_XSETREF(X.down_type, H.down_type);
     X.ready = 1;
     return PyCFunction_New(&new_exchange_def, NULL);
 fail:

@@ -197,3 +197,14 @@ async def test_header_timeout_does_not_count_time_we_were_not_reading() -> None:
             assert r.status == 200 and r.body == b"xx"
         finally:
             await c.close()
+
+
+@pytest.mark.parametrize("length", [2**63, 2**64 - 1])
+async def test_a_content_length_past_64_bits_of_signed_int_is_a_413_not_a_500(length: int) -> None:
+    """llhttp takes a Content-Length up to 2**64-1. On a connection's second
+    request (its forwarding block memoised) the C head builder once raised
+    on one past 2**63-1: a 500 and a traceback for any client who sent it."""
+    async with harness() as h:
+        raw = request("GET", "/") + request("POST", "/", headers=[("Content-Length", str(length))])
+        resps, _raw, closed = await exchange(h.port, raw)
+        assert [r.status for r in resps] == [200, 413] and closed

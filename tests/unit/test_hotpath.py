@@ -277,3 +277,21 @@ def test_a_template_with_a_mutable_constant_is_refused() -> None:
     finally:   # set up again (the C state is global) for the tests that follow
         _hotpath.setup_exchange(Exchange(down), down, down.node, limits)
     assert downstream_mod._new_exchange(down).tried == set()
+
+
+uri_bytes = st.sampled_from(list(b"abcXYZ019-._~!$&'()*+,;=:@/?%") + list(b"# \\G\x00\x7f\xff\"<>"))
+fast_targets = st.lists(uri_bytes, max_size=14).map(lambda bs: b"/" + bytes(bs))
+
+
+@settings(max_examples=800, deadline=None)
+@given(version=st.sampled_from(["1.1", "1.0"]), method=st.sampled_from(["GET", "POST", "DELETE"]),
+       target=fast_targets, host=hosts)
+def test_the_c_check_head_on_the_requests_it_answers_itself(version, method, target, host) -> None:
+    """The common case, which the C answers without Python: most examples here
+    (a target of URI characters, the connection's known Host)."""
+    args = (version, method, [target], 1, host, None, None, False, None, set())
+    ex_c = _head_ex(*args)
+    got = _check(check_head, ex_c, host)
+    assert got == _check(check_head_py, _head_ex(*args), host)
+    if got[0] == "ok":
+        assert got[1][1] is ex_c.host_value   # node.py tells a validated Host by identity

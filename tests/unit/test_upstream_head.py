@@ -114,3 +114,27 @@ def test_the_c_version_matches_the_python_one(requests) -> None:
         assert got == want
         assert (ex_c.host_missing, ex_c.body_chunked_out) == (ex_py.host_missing, ex_py.body_chunked_out)
         assert memo_c == memo_py
+
+
+@settings(max_examples=400, deadline=None)
+@given(requests=st.lists(st.tuples(
+           st.lists(st.tuples(field_names, field_values), max_size=8),
+           st.sampled_from(["GET", "POST", "PUT", "HEAD"]), st.none() | st.integers(0, 2), st.booleans(),
+           st.sampled_from([-1, 0, 5, 2**40, 2**63 - 1, 2**63, 2**64 - 1]), st.booleans(),
+           st.none() | st.just(b"websocket"),
+           st.sets(st.sampled_from([b"keep-alive", b"x-custom", b"host", b"te"]))), min_size=2, max_size=6),
+       host=st.sampled_from([b"a.example", b""]), trusted=st.booleans(), extra=extras)
+def test_the_c_version_on_a_warm_connection(requests, host, trusted, extra) -> None:
+    """One connection's requests with the same host, client and geo fields:
+    after the first, the memo holds the block and the C builds the head
+    itself (Content-Lengths past 2**63 included: it leaves those to Python)."""
+    memo_c: list[object] = [None, b""]
+    memo_py: list[object] = [None, b""]
+    for i, (fields, method, hc, chunked, declared, wu, up, tokens) in enumerate(requests):
+        ex_c = _ex_from(fields, method, hc, chunked, declared, wu, up, tokens)
+        ex_py = _ex_from(fields, method, hc, chunked, declared, wu, up, tokens)
+        args = (b"/p", host, "10.0.0.9", trusted, "10.0.0.9", b"http", b"1.1 novaedge", b"r%d" % i,
+                HEADER_ACTIONS, extra)
+        assert build_upstream_head(ex_c, *args, memo_c) == build_upstream_head_py(ex_py, *args, memo_py)
+        assert (ex_c.host_missing, ex_c.body_chunked_out) == (ex_py.host_missing, ex_py.body_chunked_out)
+        assert memo_c == memo_py
