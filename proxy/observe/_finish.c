@@ -66,6 +66,87 @@ typedef struct {
 
 static State S;
 
+/* the offset of an object slot `name` of `type`; 0 (no error set) when it is not one */
+static int
+slot_offset_quiet(PyTypeObject *type, const char *name, Py_ssize_t *off)
+{
+    PyObject *d = PyDict_GetItemString(type->tp_dict, name);
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+        || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX)
+        return 0;
+    *off = ((PyMemberDescrObject *)d)->d_member->offset;
+    return 1;
+}
+
+static int set_attr_ssize(PyObject *o, PyObject *name, Py_ssize_t v);
+
+/* Attributes of the metrics and the access log: by slot offset when the
+ * object is exactly the class setup() was given (no look-up a request),
+ * else by name. */
+static struct {
+    PyTypeObject *type;
+    Py_ssize_t off[16];
+} SA, SM;
+
+static PyObject *
+get_attr(PyObject *o, PyObject *name, int i, int is_log)
+{
+    if (is_log ? Py_TYPE(o) == SA.type : Py_TYPE(o) == SM.type) {
+        PyObject *v = *(PyObject **)((char *)o + (is_log ? SA.off[i] : SM.off[i]));
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(o, name);
+}
+
+static int
+set_log_ssize(PyObject *a, PyObject *name, int i, Py_ssize_t v)
+{
+    if (Py_TYPE(a) != SA.type)
+        return set_attr_ssize(a, name, v);
+    PyObject *x = PyLong_FromSsize_t(v);
+    if (x == NULL)
+        return -1;
+    PyObject **slot = (PyObject **)((char *)a + SA.off[i]);
+    PyObject *old = *slot;
+    *slot = x;
+    Py_XDECREF(old);
+    return 0;
+}
+
+enum { LA_BUF, LA_BUF_BYTES, LA_BUF_LINES, LA_WALL, LA_SEC, LA_SEC_TEXT, LA_REC, LA_REC_SHORT, N_LA };
+static const char *la_names[N_LA] = {"_buf", "_buf_bytes", "_buf_lines", "_wall_offset", "_sec",
+                                     "_sec_text", "_rec", "_rec_short"};
+enum { LM_REQUESTS, LM_CLIENTS, N_LM };
+static const char *lm_names[N_LM] = {"_requests", "_clients"};
+
+#define A_GET(a, attr, i) get_attr((a), S.attr, (i), 1)
+#define M_GET(m, attr, i) get_attr((m), S.attr, (i), 0)
+
+/* the classes' slots, or none (then every access is by name) */
+static void
+resolve_slots(PyObject *log_type, PyObject *metrics_type)
+{
+    Py_ssize_t off[16];
+    int ok = PyType_Check(log_type);
+    for (int i = 0; ok && i < N_LA; i++)
+        ok = slot_offset_quiet((PyTypeObject *)log_type, la_names[i], &off[i]);
+    Py_CLEAR(SA.type);
+    if (ok) {
+        memcpy(SA.off, off, sizeof(off));
+        SA.type = (PyTypeObject *)Py_NewRef(log_type);
+    }
+    ok = PyType_Check(metrics_type);
+    for (int i = 0; ok && i < N_LM; i++)
+        ok = slot_offset_quiet((PyTypeObject *)metrics_type, lm_names[i], &off[i]);
+    Py_CLEAR(SM.type);
+    if (ok) {
+        memcpy(SM.off, off, sizeof(off));
+        SM.type = (PyTypeObject *)Py_NewRef(metrics_type);
+    }
+}
+
+
 static PyObject *
 intern(const char *s)
 {
@@ -83,10 +164,12 @@ setup(PyObject *self, PyObject *args)
     double bounds_d[MAX_BOUNDS];
     PyMemberDef *members[N_FIELDS];
     S.ready = 0;   /* until everything is checked: a failed setup leaves the Python version */
-    if (!PyArg_ParseTuple(args, "O!OOOOO!O!O!(nnnnnn)nOOU:setup", &PyType_Type, &ctx_type,
+    PyObject *log_type = Py_None, *metrics_type = Py_None;
+    if (!PyArg_ParseTuple(args, "O!OOOOO!O!O!(nnnnnn)nOOU|OO:setup", &PyType_Type, &ctx_type,
                           &fallback, &new_record, &tail_fragment, &tail_text, &PyTuple_Type, &classes,
                           &PyTuple_Type, &millis, &PyTuple_Type, &bounds, &r_lat, &r_lat_sum,
-                          &r_up, &r_up_sum, &r_frag, &r_tail, &max_path, &dumps, &option, &none_label))
+                          &r_up, &r_up_sum, &r_frag, &r_tail, &max_path, &dumps, &option, &none_label,
+                          &log_type, &metrics_type))
         return NULL;
     if (PyTuple_GET_SIZE(classes) != 600 || PyTuple_GET_SIZE(millis) != 1001) {
         PyErr_SetString(PyExc_ValueError, "setup: classes must have 600 entries and millis 1001");
@@ -145,6 +228,7 @@ setup(PyObject *self, PyObject *args)
     Py_INCREF(dumps); Py_XSETREF(S.dumps, dumps);
     Py_INCREF(option); Py_XSETREF(S.option, option);
     Py_INCREF(none_label); Py_XSETREF(S.none_label, none_label);
+    resolve_slots(log_type, metrics_type);
     S.ready = 1;
     Py_RETURN_NONE;
 }
@@ -380,7 +464,7 @@ write_fast(PyObject *a, PyObject **f, PyObject *country, double sec, double now,
     if (f[F_PATH] != Py_None && PyUnicode_CheckExact(f[F_PATH])
         && PyUnicode_GET_LENGTH(f[F_PATH]) > S.max_path)
         return 0;   /* cut to max_path: orjson's path */
-    if ((sec_text = PyObject_GetAttr(a, S.s_sec_text)) == NULL)
+    if ((sec_text = A_GET(a, s_sec_text, LA_SEC_TEXT)) == NULL)
         return -1;
     double msf = trunc((now - sec) * 1000 + 1e-4);
     Py_ssize_t ms = msf < 0 ? 0 : msf > 1000 ? 1000 : (Py_ssize_t)msf;
@@ -431,8 +515,8 @@ write_fast(PyObject *a, PyObject **f, PyObject *country, double sec, double now,
     PUT_LIT(&l, "}\n");
 
     /* -- into the buffer (AccessLog.log) -- */
-    if ((buf = PyObject_GetAttr(a, S.s_buf)) == NULL || (pos_obj = PyObject_GetAttr(a, S.s_buf_bytes)) == NULL
-        || (lines_obj = PyObject_GetAttr(a, S.s_buf_lines)) == NULL)
+    if ((buf = A_GET(a, s_buf, LA_BUF)) == NULL || (pos_obj = A_GET(a, s_buf_bytes, LA_BUF_BYTES)) == NULL
+        || (lines_obj = A_GET(a, s_buf_lines, LA_BUF_LINES)) == NULL)
         goto done;
     if (!PyByteArray_Check(buf)) {
         PyErr_SetString(PyExc_TypeError, "access log buffer is not a bytearray");
@@ -448,8 +532,8 @@ write_fast(PyObject *a, PyObject **f, PyObject *country, double sec, double now,
             memcpy(out, l.s[i].p, l.s[i].n);
             out += l.s[i].n;
         }
-        if (set_attr_ssize(a, S.s_buf_bytes, pos + l.len) < 0
-            || set_attr_ssize(a, S.s_buf_lines, nlines + 1) < 0)
+        if (set_log_ssize(a, S.s_buf_bytes, LA_BUF_BYTES, pos + l.len) < 0
+            || set_log_ssize(a, S.s_buf_lines, LA_BUF_LINES, nlines + 1) < 0)
             goto done;
     } else {   /* does not fit: as a bytes line, through _overflow */
         PyObject *line = PyBytes_FromStringAndSize(NULL, l.len);
@@ -544,7 +628,7 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *cls = (!overflow && status >= 0 && status < 600)
         ? PyTuple_GET_ITEM(S.classes, status) : S.other;
     key = PyTuple_Pack(4, rname, f[F_REGION], f[F_BACKEND], cls);
-    if (key == NULL || (requests = PyObject_GetAttr(m, S.s_requests)) == NULL)
+    if (key == NULL || (requests = M_GET(m, s_requests, LM_REQUESTS)) == NULL)
         goto done;
     r = PyDict_GetItemWithError(requests, key);
     if (r != NULL) {
@@ -590,7 +674,7 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         country = Py_NewRef(Py_None);
         gkey = Py_NewRef(S.no_geo);
     }
-    if ((clients = PyObject_GetAttr(m, S.s_clients)) == NULL)
+    if ((clients = M_GET(m, s_clients, LM_CLIENTS)) == NULL)
         goto done;
     {
         PyObject *n = PyDict_GetItemWithError(clients, gkey);
@@ -606,14 +690,14 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* -- access log line (AccessLog.format) -- */
-    if ((wall = PyObject_GetAttr(a, S.s_wall_offset)) == NULL)
+    if ((wall = A_GET(a, s_wall_offset, LA_WALL)) == NULL)
         goto done;
     double wall_d = PyFloat_AsDouble(wall);
     if (wall_d == -1.0 && PyErr_Occurred())
         goto done;
     double now = end + wall_d;
     double sec = floor(now);
-    if ((asec = PyObject_GetAttr(a, S.s_sec)) == NULL)
+    if ((asec = A_GET(a, s_sec, LA_SEC)) == NULL)
         goto done;
     {
         int same;
@@ -711,11 +795,11 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (have_frag < 0)
         goto done;
     if (have_frag) {
-        if ((rec = PyObject_GetAttr(a, S.s_rec_short)) == NULL || !PyDict_Check(rec)
+        if ((rec = A_GET(a, s_rec_short, LA_REC_SHORT)) == NULL || !PyDict_Check(rec)
             || PyDict_SetItem(rec, S.k_route, frag) < 0)
             goto bad_rec;
     } else {
-        if ((rec = PyObject_GetAttr(a, S.s_rec)) == NULL || !PyDict_Check(rec)
+        if ((rec = A_GET(a, s_rec, LA_REC)) == NULL || !PyDict_Check(rec)
             || PyDict_SetItem(rec, S.k_route, rname) < 0
             || PyDict_SetItem(rec, S.k_region, f[F_REGION]) < 0
             || PyDict_SetItem(rec, S.k_backend, f[F_BACKEND]) < 0
@@ -724,7 +808,7 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             || PyDict_SetItem(rec, S.k_retries, f[F_RETRIES]) < 0)
             goto bad_rec;
     }
-    if ((sec_text = PyObject_GetAttr(a, S.s_sec_text)) == NULL)
+    if ((sec_text = A_GET(a, s_sec_text, LA_SEC_TEXT)) == NULL)
         goto done;
     {
         double msf = trunc((now - sec) * 1000 + 1e-4);
@@ -768,8 +852,8 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* -- buffer it (AccessLog.log) -- */
-    if ((buf = PyObject_GetAttr(a, S.s_buf)) == NULL || (pos_obj = PyObject_GetAttr(a, S.s_buf_bytes)) == NULL
-        || (lines_obj = PyObject_GetAttr(a, S.s_buf_lines)) == NULL)
+    if ((buf = A_GET(a, s_buf, LA_BUF)) == NULL || (pos_obj = A_GET(a, s_buf_bytes, LA_BUF_BYTES)) == NULL
+        || (lines_obj = A_GET(a, s_buf_lines, LA_BUF_LINES)) == NULL)
         goto done;
     if (!PyByteArray_Check(buf)) {
         PyErr_SetString(PyExc_TypeError, "access log buffer is not a bytearray");
@@ -788,8 +872,8 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(x);
         } else {
             memcpy(PyByteArray_AS_STRING(buf) + pos, PyBytes_AS_STRING(line), len);
-            if (set_attr_ssize(a, S.s_buf_bytes, pos + len) < 0
-                || set_attr_ssize(a, S.s_buf_lines, nlines + 1) < 0)
+            if (set_log_ssize(a, S.s_buf_bytes, LA_BUF_BYTES, pos + len) < 0
+                || set_log_ssize(a, S.s_buf_lines, LA_BUF_LINES, nlines + 1) < 0)
                 goto done;
         }
     }

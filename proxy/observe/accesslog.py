@@ -133,6 +133,11 @@ class _Writer(threading.Thread):
 class AccessLog:
     """Formats and buffers access-log lines; see the module docstring."""
 
+    # The per-line state as slots: finish's C version reads and writes them by
+    # offset (no attribute look-up a line); the rest lives in __dict__.
+    __slots__ = ("_buf", "_view", "_buf_bytes", "_buf_lines", "_wall_offset", "_sec", "_sec_text",
+                 "_rec", "_rec_short", "__dict__")
+
     def __init__(self, path: str = "-", *, max_pending: int = 4 << 20, flush_bytes: int = 256 * 1024,
                  flush_interval: float = 0.1, clock: Callable[[], float] = time.time,
                  mono: Callable[[], float] = time.monotonic) -> None:

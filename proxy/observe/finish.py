@@ -173,7 +173,7 @@ def _setup_c(_finish: Any) -> Any:
     from proxy.context import RequestContext
     _finish.setup(RequestContext, observe_and_log_py, new_record, tail_fragment, tail_text, _CLASS,
                   _MILLIS, LATENCY_BOUNDS, (R_LAT, R_LAT_SUM, R_UP, R_UP_SUM, R_FRAG, R_TAIL), MAX_PATH_CHARS,
-                  _dumps, _OPT, NONE)
+                  _dumps, _OPT, NONE, AccessLog, WorkerMetrics)
     return _finish.observe_and_log
 
 

@@ -101,6 +101,10 @@ class WorkerMetrics:
     thread-safe: one instance per event loop.
     """
 
+    # the two dicts every request updates, as slots: finish's C version reads
+    # them by offset; the rest lives in __dict__
+    __slots__ = ("_requests", "_clients", "__dict__")
+
     def __init__(self, worker: int | str = 0, *, clock: Callable[[], float] = time.monotonic,
                  access_log: _HasDropped | None = None) -> None:
         self.worker = worker

@@ -209,3 +209,26 @@ def test_the_c_version_fails_as_python_does_on_odd_input() -> None:
     m2._requests[key] = [0, 0, 0]
     assert _outcome(observe_and_log_c, m2, a2, make_ctx()) == _outcome(observe_and_log_py, m1, a1, make_ctx())
     assert counts(m1) == counts(m2)
+
+
+def test_the_c_version_reads_subclasses_by_name() -> None:
+    """The C version reads an exact AccessLog/WorkerMetrics by slot offset and
+    anything else (a subclass) by attribute name: both give the same lines."""
+    if observe_and_log_c is None:
+        pytest.skip("the C version is not built")
+
+    class Log(AccessLog):
+        pass
+
+    class Metrics(WorkerMetrics):
+        pass
+
+    m1, a1 = pair()
+    m2 = Metrics(1, clock=lambda: 0.0)
+    a2 = Log(os.devnull, clock=lambda: 1_700_000_000.0, mono=lambda: 0.0)
+    for i in range(5):
+        ctx = make_ctx(request_id=f"r{i}", status=200 + i)
+        observe_and_log_c(m1, a1, ctx)
+        observe_and_log_c(m2, a2, ctx)
+    assert lines(a1) == lines(a2) and a1._buf_lines == a2._buf_lines == 5
+    assert counts(m1) == counts(m2)
