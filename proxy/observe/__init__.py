@@ -8,9 +8,11 @@ Wiring (what the node calls):
     loop.add_signal_handler(signal.SIGUSR1, alog.reopen)
     metrics = WorkerMetrics(worker_id, access_log=alog)
     flusher = asyncio.create_task(run_flusher(metrics, channel.send, cfg.metrics.flush_interval_s))
-    ...  metrics.begin()            when a request head is complete
+    ...  metrics.begin()            when a request head is complete (or pass the level
+                                    to drain(inflight=...), as the node does: it counts them)
     ...  metrics.observe(ctx); alog.log(ctx)      when it ends, also on error
-         (or both in one pass: finish.observe_and_log(metrics, alog, ctx), as proxy.features does)
+         (or both in one pass: finish.observe_and_log(metrics, alog, ctx), in C when built,
+          as proxy.features's finisher() does)
     ...  flusher.cancel(); await alog.close()     at shutdown
 
     # control plane, once per node

@@ -94,8 +94,10 @@ class WorkerMetrics:
     """Counts one worker's requests; `drain()` returns and resets the deltas.
 
     Contract with the data plane: call `begin()` (or ``inflight += 1``) when a
-    request head is complete and `observe(ctx)` (or `finish.observe_and_log`)
-    exactly once when it ends (also on error); `inflight` is right after drain();
+    request head is complete, or count requests yourself and pass the level to
+    `drain(inflight=...)` (the node does); call `observe(ctx)` (or
+    `finish.observe_and_log`) exactly once when it ends (also on error);
+    `inflight` is right after drain();
     ctx.end should be set by then (else now is used). Route names are read
     from ``ctx.route.name``; ctx.region/ctx.backend are config ids. Not
     thread-safe: one instance per event loop.
