@@ -49,6 +49,7 @@ class FeatureHooks(NodeHooks):
                                        if al.enabled else None)
         self.metrics: WorkerMetrics | None = (WorkerMetrics(worker_id, access_log=self.alog)
                                               if config.metrics.enabled else None)
+        self._observe = self._observer()   # metrics and the log are fixed for the hooks' life
         self._set_active()
 
     # identify
@@ -98,13 +99,9 @@ class FeatureHooks(NodeHooks):
         return self.geo.allowed_regions(ctx.geo)
 
     # log
-    def finisher(self, node: "Node") -> Callable[["RequestContext"], object] | None:
-        """The one call node.finish makes a request: metrics and the access
-        log in one pass (finish.observe_and_log, in C when built; see
-        loadtests/bench_observe.py), or either alone. A subclass that
-        overrides finished() gets that called instead."""
-        if type(self).finished is not FeatureHooks.finished:
-            return functools.partial(self.finished, node)
+    def _observer(self) -> Callable[["RequestContext"], object] | None:
+        """Metrics and the access log in one pass (finish.observe_and_log, in C
+        when built; see loadtests/bench_observe.py), or either alone."""
         m = self.metrics
         a = self.alog
         if m is not None and a is not None:
@@ -115,15 +112,16 @@ class FeatureHooks(NodeHooks):
             return a.log
         return None
 
+    def finisher(self, node: "Node") -> Callable[["RequestContext"], object] | None:
+        """The one call node.finish makes a request: the observer itself, or
+        finished() when a subclass overrides it."""
+        if type(self).finished is not FeatureHooks.finished:
+            return functools.partial(self.finished, node)
+        return self._observe
+
     def finished(self, node: "Node", ctx: "RequestContext") -> None:
-        m = self.metrics
-        a = self.alog
-        if m is not None and a is not None:
-            observe_and_log(m, a, ctx)
-        elif m is not None:
-            m.observe(ctx)
-        elif a is not None:
-            a.log(ctx)
+        if self._observe is not None:
+            self._observe(ctx)
 
     def drain_report(self, node: "Node") -> dict[str, Any]:
         out: dict[str, Any] = {"backends": node.selector.report(),

@@ -364,6 +364,57 @@ put(Line *l, const char *p, Py_ssize_t n)
 
 #define PUT_LIT(l, lit) put((l), (lit), (Py_ssize_t)sizeof(lit) - 1)
 
+/* AccessLog.log for a line given as segments (`line`: the same line as a
+ * bytes object, when the caller has one): copied into the buffer at
+ * _buf_bytes, or handed to _overflow when it does not fit. 0, or -1 with an
+ * exception set. */
+static int
+buffer_line(PyObject *a, const Line *l, PyObject *line)
+{
+    int rc = -1;
+    PyObject *buf = NULL, *pos_obj = NULL, *lines_obj = NULL, *owned = NULL;
+    if ((buf = A_GET(a, s_buf, LA_BUF)) == NULL || (pos_obj = A_GET(a, s_buf_bytes, LA_BUF_BYTES)) == NULL
+        || (lines_obj = A_GET(a, s_buf_lines, LA_BUF_LINES)) == NULL)
+        goto done;
+    if (!PyByteArray_Check(buf)) {
+        PyErr_SetString(PyExc_TypeError, "access log buffer is not a bytearray");
+        goto done;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(pos_obj);
+    Py_ssize_t nlines = PyLong_AsSsize_t(lines_obj);
+    if ((pos == -1 || nlines == -1) && PyErr_Occurred())
+        goto done;
+    Py_ssize_t size = PyByteArray_GET_SIZE(buf);
+    if (pos >= 0 && pos <= size && l->len <= size - pos) {
+        char *out = PyByteArray_AS_STRING(buf) + pos;
+        for (int i = 0; i < l->n; i++) {
+            memcpy(out, l->s[i].p, l->s[i].n);
+            out += l->s[i].n;
+        }
+        if (set_log_ssize(a, S.s_buf_bytes, LA_BUF_BYTES, pos + l->len) < 0
+            || set_log_ssize(a, S.s_buf_lines, LA_BUF_LINES, nlines + 1) < 0)
+            goto done;
+    } else {   /* does not fit: as a bytes line, through _overflow */
+        if (line == NULL) {
+            if ((owned = line = PyBytes_FromStringAndSize(NULL, l->len)) == NULL)
+                goto done;
+            char *out = PyBytes_AS_STRING(line);
+            for (int i = 0; i < l->n; i++) {
+                memcpy(out, l->s[i].p, l->s[i].n);
+                out += l->s[i].n;
+            }
+        }
+        PyObject *x = PyObject_CallMethodOneArg(a, S.s_overflow, line);
+        if (x == NULL)
+            goto done;
+        Py_DECREF(x);
+    }
+    rc = 0;
+done:
+    Py_XDECREF(buf); Py_XDECREF(pos_obj); Py_XDECREF(lines_obj); Py_XDECREF(owned);
+    return rc;
+}
+
 /* A str (or None) that JSON writes as it is, quoted: 0 when it needs orjson. */
 static int
 put_str(Line *l, PyObject *o)
@@ -459,7 +510,7 @@ write_fast(PyObject *a, PyObject **f, PyObject *country, double sec, double now,
     l.len = 0;
     char nb[3][24], mb[2][32];
     int rc = -1;
-    PyObject *sec_text = NULL, *buf = NULL, *pos_obj = NULL, *lines_obj = NULL;
+    PyObject *sec_text = NULL;
 
     if (f[F_PATH] != Py_None && PyUnicode_CheckExact(f[F_PATH])
         && PyUnicode_GET_LENGTH(f[F_PATH]) > S.max_path)
@@ -515,47 +566,14 @@ write_fast(PyObject *a, PyObject **f, PyObject *country, double sec, double now,
     PUT_LIT(&l, "}\n");
 
     /* -- into the buffer (AccessLog.log) -- */
-    if ((buf = A_GET(a, s_buf, LA_BUF)) == NULL || (pos_obj = A_GET(a, s_buf_bytes, LA_BUF_BYTES)) == NULL
-        || (lines_obj = A_GET(a, s_buf_lines, LA_BUF_LINES)) == NULL)
+    if (buffer_line(a, &l, NULL) < 0)
         goto done;
-    if (!PyByteArray_Check(buf)) {
-        PyErr_SetString(PyExc_TypeError, "access log buffer is not a bytearray");
-        goto done;
-    }
-    Py_ssize_t pos = PyLong_AsSsize_t(pos_obj);
-    Py_ssize_t nlines = PyLong_AsSsize_t(lines_obj);
-    if ((pos == -1 || nlines == -1) && PyErr_Occurred())
-        goto done;
-    if (pos >= 0 && pos <= PyByteArray_GET_SIZE(buf) && l.len <= PyByteArray_GET_SIZE(buf) - pos) {
-        char *out = PyByteArray_AS_STRING(buf) + pos;
-        for (int i = 0; i < l.n; i++) {
-            memcpy(out, l.s[i].p, l.s[i].n);
-            out += l.s[i].n;
-        }
-        if (set_log_ssize(a, S.s_buf_bytes, LA_BUF_BYTES, pos + l.len) < 0
-            || set_log_ssize(a, S.s_buf_lines, LA_BUF_LINES, nlines + 1) < 0)
-            goto done;
-    } else {   /* does not fit: as a bytes line, through _overflow */
-        PyObject *line = PyBytes_FromStringAndSize(NULL, l.len);
-        if (line == NULL)
-            goto done;
-        char *out = PyBytes_AS_STRING(line);
-        for (int i = 0; i < l.n; i++) {
-            memcpy(out, l.s[i].p, l.s[i].n);
-            out += l.s[i].n;
-        }
-        PyObject *x = PyObject_CallMethodOneArg(a, S.s_overflow, line);
-        Py_DECREF(line);
-        if (x == NULL)
-            goto done;
-        Py_DECREF(x);
-    }
     rc = 1;
     goto done;
 slow:
     rc = 0;
 done:
-    Py_XDECREF(sec_text); Py_XDECREF(buf); Py_XDECREF(pos_obj); Py_XDECREF(lines_obj);
+    Py_XDECREF(sec_text);
     return rc;
 }
 
@@ -615,8 +633,7 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *rname = NULL, *key = NULL, *requests = NULL, *r = NULL, *clients = NULL,
         *gkey = NULL, *country = NULL, *total_ms = NULL, *upstream_ms = NULL,
         *wall = NULL, *asec = NULL, *rec = NULL, *frag = NULL, *sec_text = NULL,
-        *time_text = NULL, *path = NULL, *line = NULL, *buf = NULL, *pos_obj = NULL,
-        *lines_obj = NULL;
+        *time_text = NULL, *path = NULL, *line = NULL;
 
     /* -- metrics (WorkerMetrics.observe) -- */
     PyObject *route = f[F_ROUTE];
@@ -852,30 +869,13 @@ observe_and_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* -- buffer it (AccessLog.log) -- */
-    if ((buf = A_GET(a, s_buf, LA_BUF)) == NULL || (pos_obj = A_GET(a, s_buf_bytes, LA_BUF_BYTES)) == NULL
-        || (lines_obj = A_GET(a, s_buf_lines, LA_BUF_LINES)) == NULL)
-        goto done;
-    if (!PyByteArray_Check(buf)) {
-        PyErr_SetString(PyExc_TypeError, "access log buffer is not a bytearray");
-        goto done;
-    }
     {
-        Py_ssize_t pos = PyLong_AsSsize_t(pos_obj);
-        Py_ssize_t nlines = PyLong_AsSsize_t(lines_obj);
-        if ((pos == -1 || nlines == -1) && PyErr_Occurred())
+        Line one;
+        one.n = 1;
+        one.len = one.s[0].n = PyBytes_GET_SIZE(line);
+        one.s[0].p = PyBytes_AS_STRING(line);
+        if (buffer_line(a, &one, line) < 0)
             goto done;
-        Py_ssize_t len = PyBytes_GET_SIZE(line);
-        if (pos < 0 || pos > PyByteArray_GET_SIZE(buf) || len > PyByteArray_GET_SIZE(buf) - pos) {
-            PyObject *x = PyObject_CallMethodOneArg(a, S.s_overflow, line);
-            if (x == NULL)
-                goto done;
-            Py_DECREF(x);
-        } else {
-            memcpy(PyByteArray_AS_STRING(buf) + pos, PyBytes_AS_STRING(line), len);
-            if (set_log_ssize(a, S.s_buf_bytes, LA_BUF_BYTES, pos + len) < 0
-                || set_log_ssize(a, S.s_buf_lines, LA_BUF_LINES, nlines + 1) < 0)
-                goto done;
-        }
     }
     result = Py_NewRef(Py_None);
     goto done;
@@ -888,8 +888,7 @@ done:
     Py_XDECREF(clients); Py_XDECREF(gkey); Py_XDECREF(country);
     Py_XDECREF(total_ms); Py_XDECREF(upstream_ms); Py_XDECREF(wall); Py_XDECREF(asec);
     Py_XDECREF(rec); Py_XDECREF(frag); Py_XDECREF(sec_text); Py_XDECREF(time_text);
-    Py_XDECREF(path); Py_XDECREF(line); Py_XDECREF(buf); Py_XDECREF(pos_obj);
-    Py_XDECREF(lines_obj);
+    Py_XDECREF(path); Py_XDECREF(line);
     for (int i = 0; i < N_FIELDS; i++)
         Py_DECREF(f[i]);
     return result;
