@@ -369,7 +369,6 @@ build_upstream_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     long host_count = PyLong_AsLongAndOverflow(f[E_HOST_COUNT], &overflow);
     if (overflow || host_count < 0)
         return build_py(args, nargs);
-    (void)host_count;
     int trusted_peer = trusted == Py_True;
     for (int i = 0; i < N_HEAD; i++)
         Py_INCREF(f[i]);
@@ -383,8 +382,7 @@ static PyObject *
 build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_peer)
 {
     PyObject *ex = args[0], *target = args[1], *host = args[2], *client_ip = args[3],
-        *scheme = args[6], *request_id = args[8], *actions = args[9], *extra = args[10],
-        *memo = args[11];
+        *request_id = args[8], *actions = args[9], *extra = args[10], *memo = args[11];
     /* own copies of the lists: the pieces point into their bytes until the join */
     PyObject *headers = PyList_GetSlice(f[E_HEADERS], 0, PY_SSIZE_T_MAX);
     if (headers == NULL)
@@ -394,7 +392,6 @@ build_fields(PyObject *const *args, Py_ssize_t nargs, PyObject **f, int trusted_
         Py_DECREF(headers);
         return NULL;
     }
-    (void)scheme;
     Py_ssize_t nh = PyList_GET_SIZE(headers);
     if (PyList_GET_SIZE(names) < nh)
         nh = PyList_GET_SIZE(names);   /* zip() stops at the shorter */
