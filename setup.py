@@ -1,7 +1,8 @@
 """The compiled parts, each a C version of a hot Python function that stays
 the reference (proxy/_accel.py loads them):
   proxy/observe/_finish.c  the access log line and the request metrics (observe/finish.py)
-  proxy/_hotpath.c         the request header callback (Downstream.on_header)
+  proxy/_hotpath.c         the request and response header callbacks, the upstream head, ...
+  proxy/balance/_pick.c    the balancer's pick and on_done (selection.py)
 optional=True: without a C compiler the install still works and the Python
 versions run."""
 from setuptools import Extension, setup
@@ -13,4 +14,5 @@ def ext(name: str, source: str) -> Extension:
 
 
 setup(ext_modules=[ext("proxy.observe._finish", "proxy/observe/_finish.c"),
-                   ext("proxy._hotpath", "proxy/_hotpath.c")])
+                   ext("proxy._hotpath", "proxy/_hotpath.c"),
+                   ext("proxy.balance._pick", "proxy/balance/_pick.c")])

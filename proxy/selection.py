@@ -16,6 +16,7 @@ from .balance import Selector as BalanceSelector
 from .balance import load_catalogue
 from .balance.backend import BackendState
 from .balance.cluster import on_done
+from ._accel import attach
 from .config import REPO_CONFIG_DIR
 
 if TYPE_CHECKING:
@@ -123,3 +124,25 @@ class Selector:
         if isinstance(d, Decision):
             return explain(d)
         return f"region={ctx.region}; backend={ctx.backend}"
+
+
+# --- C: Selector.pick and Selector.on_done's common case (proxy/balance/_pick.c) ---
+# The Python methods stay the reference (and take every uncommon call: retries,
+# residency, affinity, a plan to refresh, weighted or located geo policies).
+Selector._pick_py = Selector.pick          # type: ignore[attr-defined]
+Selector._on_done_py = Selector.on_done    # type: ignore[attr-defined]
+
+
+def _setup_c(pick: Any) -> tuple[Any, Any]:
+    from .balance import pool as _pool
+    from .balance import selector as _bsel
+    from .balance.backend import OK
+    from .context import RequestContext
+    return pick.setup(Selector, BalanceSelector, RequestContext, Plan, _pool.RegionPool,  # type: ignore[no-any-return]
+                      BackendState, _bsel.Decision, Selector._pick_py, Selector._on_done_py,  # type: ignore[attr-defined]
+                      vars(_pool), OK)
+
+
+_c = attach("proxy.balance._pick", _setup_c)
+if _c is not None:
+    Selector.pick, Selector.on_done = _c   # type: ignore[method-assign]
