@@ -46,11 +46,14 @@ static struct {
     PyObject *pick_py, *on_done_py;      /* the Python reference methods */
     PyObject *p2c_func;                  /* RegionPool._pick_p2c (the function) */
     PyObject *pool_globals;              /* proxy.balance.pool's dict: _random, _exp */
-    PyObject *last_resort;               /* balance Selector._last_resort (the function) */
+    PyObject *sel_globals, *cluster_globals;   /* proxy.selection's, proxy.balance.cluster's */
+    PyObject *cluster_on_done;                 /* proxy.balance.cluster.on_done */
     PyObject *math_exp;                  /* math.exp: C's exp() gives the same doubles */
     PyObject *s_plans, *s_node, *s_hooks, *s_residency_active, *s_balancer, *s_cluster, *s_view,
         *s_next_event, *s_gen, *s_name, *s_lat, *s_lon, *s_reason, *s_random, *s_exp, *s_ok,
-        *s_latency, *s_geo, *s_slow_factor, *s_backend;
+        *s_latency, *s_geo, *s_slow_factor, *s_backend,
+        *s_ewma_ms, *s_stamp, *s_in_flight, *s_weight, *s_slow_until, *s_slow, *s_neg_inv_tau, *s_id,
+        *s_last_resort, *s_on_done;
     PyObject *one, *no_backend;
 } S;
 
@@ -115,237 +118,254 @@ as_small_int(PyObject *o, long long *out)
 
 /* ------------------------------------------------------------------ p2c */
 
-static PyObject *p2c_cost_owned(PyObject *ewma, PyObject *stamp, PyObject *inf, PyObject *weight,
-                                PyObject *slow_until, PyObject *b, PyObject *now, PyObject *k,
-                                PyObject *slow, PyObject *exp_fn);
-
-/* b.ewma_ms * _exp((now - b.stamp) * k) * (b.in_flight + 1) / b.weight, then
- * divided by b.slow_factor(now, *slow) when now < b.slow_until: the Python
- * expression, as a new float (or what Python's number protocol gives). */
 static PyObject *
-p2c_cost(PyObject *b, PyObject *now, PyObject *k, PyObject *slow, PyObject *exp_fn)
+no_attr(PyObject *o, PyObject *name)
 {
-    /* exp_fn is math.exp (then C's exp(), which math.exp calls) or a stand-in */
-    /* owned: the number protocol and exp_fn may run Python code that reassigns them */
-    PyObject *v[5];
-    for (int i = 0; i < 5; i++) {
-        static const int which[5] = {B_EWMA, B_STAMP, B_IN_FLIGHT, B_WEIGHT, B_SLOW_UNTIL};
-        v[i] = SLOT(b, S.b[which[i]]);
-        if (v[i] == NULL) {
-            PyErr_SetString(PyExc_AttributeError, "BackendState slot not set");
-            while (i--)
-                Py_DECREF(v[i]);
-            return NULL;
-        }
-        Py_INCREF(v[i]);
-    }
-    PyObject *cost = p2c_cost_owned(v[0], v[1], v[2], v[3], v[4], b, now, k, slow, exp_fn);
-    for (int i = 0; i < 5; i++)
-        Py_DECREF(v[i]);
-    return cost;
+    PyErr_Format(PyExc_AttributeError, "'%.50s' object has no attribute '%U'", Py_TYPE(o)->tp_name, name);
+    return NULL;
 }
 
+/* x.<name>: the slot of a BackendState, getattr for anything else (new reference) */
 static PyObject *
-p2c_cost_owned(PyObject *ewma, PyObject *stamp, PyObject *inf, PyObject *weight,
-               PyObject *slow_until, PyObject *b, PyObject *now, PyObject *k, PyObject *slow,
-               PyObject *exp_fn)
+b_attr(PyObject *x, int which, PyObject *name)
 {
-    PyObject *cost;
-    double de, ds, dn, dk, dw;
+    if (Py_TYPE(x) == S.b_type) {
+        PyObject *v = SLOT(x, S.b[which]);
+        return v != NULL ? Py_NewRef(v) : no_attr(x, name);
+    }
+    return PyObject_GetAttr(x, name);
+}
+
+/* x.ewma_ms * _exp((now - x.stamp) * k) * (x.in_flight + 1) / x.weight, the
+ * Python expression: in doubles when every value is a plain float or small
+ * int and _exp is math.exp (which calls the same C exp()), else with the
+ * number protocol step by step, as Python evaluates it. A new reference. */
+static PyObject *
+raw_cost(PyObject *x, PyObject *now, PyObject *k, PyObject *expf)
+{
+    PyObject *ewma = NULL, *stamp = NULL, *inf = NULL, *weight = NULL, *cost = NULL;
+    if ((ewma = b_attr(x, B_EWMA, S.s_ewma_ms)) == NULL || (stamp = b_attr(x, B_STAMP, S.s_stamp)) == NULL
+        || (inf = b_attr(x, B_IN_FLIGHT, S.s_in_flight)) == NULL
+        || (weight = b_attr(x, B_WEIGHT, S.s_weight)) == NULL)
+        goto done;
+    double de, dn;
     long long li, lw;
-    if (exp_fn == S.math_exp && as_double(ewma, &de) && PyFloat_CheckExact(stamp)
-        && as_double(now, &dn) && PyFloat_CheckExact(now) && PyFloat_CheckExact(k)
-        && as_small_int(inf, &li) && as_small_int(weight, &lw) && lw != 0) {
-        ds = PyFloat_AS_DOUBLE(stamp);
-        dk = PyFloat_AS_DOUBLE(k);
-        double arg = (dn - ds) * dk;
+    if (expf == S.math_exp && as_double(ewma, &de) && PyFloat_CheckExact(stamp) && PyFloat_CheckExact(now)
+        && PyFloat_CheckExact(k) && as_small_int(inf, &li) && as_small_int(weight, &lw) && lw != 0) {
+        dn = PyFloat_AS_DOUBLE(now);
+        double arg = (dn - PyFloat_AS_DOUBLE(stamp)) * PyFloat_AS_DOUBLE(k);
         double e = exp(arg);
         if (!isfinite(e) && isfinite(arg)) {
             PyErr_SetString(PyExc_OverflowError, "math range error");
-            return NULL;
+            goto done;
         }
-        dw = (double)lw;
-        cost = PyFloat_FromDouble(de * e * (double)(li + 1) / dw);
+        cost = PyFloat_FromDouble(de * e * (double)(li + 1) / (double)lw);
+        goto done;
     }
-    else {
-        /* the number protocol, step by step as Python evaluates it */
-        PyObject *t = PyNumber_Subtract(now, stamp), *u, *e, *c, *c2, *i1;
-        if (!t)
-            return NULL;
+    PyObject *t = PyNumber_Subtract(now, stamp), *u = NULL, *e = NULL, *c = NULL, *i1 = NULL, *c2 = NULL;
+    if (t != NULL)
         u = PyNumber_Multiply(t, k);
-        Py_DECREF(t);
-        if (!u)
-            return NULL;
-        e = PyObject_CallOneArg(exp_fn, u);
-        Py_DECREF(u);
-        if (!e)
-            return NULL;
+    if (u != NULL)
+        e = PyObject_CallOneArg(expf, u);
+    if (e != NULL)
         c = PyNumber_Multiply(ewma, e);
-        Py_DECREF(e);
-        if (!c)
-            return NULL;
+    if (c != NULL)
         i1 = PyNumber_Add(inf, S.one);
-        if (!i1) {
-            Py_DECREF(c);
-            return NULL;
-        }
+    if (i1 != NULL)
         c2 = PyNumber_Multiply(c, i1);
-        Py_DECREF(c);
-        Py_DECREF(i1);
-        if (!c2)
-            return NULL;
+    if (c2 != NULL)
         cost = PyNumber_TrueDivide(c2, weight);
-        Py_DECREF(c2);
-    }
-    if (cost == NULL)
-        return NULL;
-    /* if now < b.slow_until: cost /= b.slow_factor(now, *slow) */
-    int lt = PyObject_RichCompareBool(now, slow_until, Py_LT);
-    if (lt < 0) {
-        Py_DECREF(cost);
-        return NULL;
-    }
-    if (lt) {
-        PyObject *full = NULL, *meth = NULL, *f = NULL;
-        PyObject *head = PyTuple_Pack(1, now);
-        PyObject *rest = head ? PySequence_Tuple(slow) : NULL;
-        if (rest)
-            full = PySequence_Concat(head, rest);
-        Py_XDECREF(head);
-        Py_XDECREF(rest);
-        if (full)
-            meth = PyObject_GetAttr(b, S.s_slow_factor);
-        if (meth)
-            f = PyObject_Call(meth, full, NULL);
-        Py_XDECREF(meth);
-        Py_XDECREF(full);
-        if (!f) {
-            Py_DECREF(cost);
-            return NULL;
-        }
-        PyObject *q = PyNumber_InPlaceTrueDivide(cost, f);
-        Py_DECREF(f);
-        Py_DECREF(cost);
-        cost = q;
-    }
+    Py_XDECREF(t);
+    Py_XDECREF(u);
+    Py_XDECREF(e);
+    Py_XDECREF(c);
+    Py_XDECREF(i1);
+    Py_XDECREF(c2);
+done:
+    Py_XDECREF(ewma);
+    Py_XDECREF(stamp);
+    Py_XDECREF(inf);
+    Py_XDECREF(weight);
     return cost;
 }
 
-/* int(_random() * n), Python's way */
-static int
-draw(PyObject *rnd, Py_ssize_t n, Py_ssize_t *out)
+/* if now < x.slow_until: cost /= x.slow_factor(now, *rp._slow). Steals cost. */
+static PyObject *
+slow_div(PyObject *x, PyObject *cost, PyObject *now, PyObject *rp)
 {
+    PyObject *su = b_attr(x, B_SLOW_UNTIL, S.s_slow_until);
+    if (su == NULL) {
+        Py_DECREF(cost);
+        return NULL;
+    }
+    int lt = PyObject_RichCompareBool(now, su, Py_LT);
+    Py_DECREF(su);
+    if (lt <= 0) {
+        if (lt < 0)
+            Py_CLEAR(cost);
+        return cost;
+    }
+    PyObject *slow = SLOT(rp, S.rp[R_SLOW]), *head = NULL, *rest = NULL, *full = NULL, *meth = NULL,
+        *f = NULL, *q = NULL;
+    if (slow == NULL)
+        no_attr(rp, S.s_slow);
+    else if ((head = PyTuple_Pack(1, now)) != NULL && (rest = PySequence_Tuple(slow)) != NULL
+             && (full = PySequence_Concat(head, rest)) != NULL
+             && (meth = PyObject_GetAttr(x, S.s_slow_factor)) != NULL
+             && (f = PyObject_Call(meth, full, NULL)) != NULL)
+        q = PyNumber_InPlaceTrueDivide(cost, f);
+    Py_XDECREF(head);
+    Py_XDECREF(rest);
+    Py_XDECREF(full);
+    Py_XDECREF(meth);
+    Py_XDECREF(f);
+    Py_DECREF(cost);
+    return q;
+}
+
+/* int(_random() * n), as a Python int (the global looked up at each draw, as Python does) */
+static PyObject *
+draw(Py_ssize_t n)
+{
+    PyObject *rnd = PyDict_GetItemWithError(S.pool_globals, S.s_random);
+    if (rnd == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_NameError, "name '_random' is not defined");
+        return NULL;
+    }
+    Py_INCREF(rnd);
     PyObject *r = PyObject_CallNoArgs(rnd);
+    Py_DECREF(rnd);
     if (r == NULL)
-        return -1;
+        return NULL;
     if (PyFloat_CheckExact(r)) {
         double x = PyFloat_AS_DOUBLE(r) * (double)n;
-        Py_DECREF(r);
-        if (x > -9.0e15 && x < 9.0e15) {
-            *out = (Py_ssize_t)x;   /* truncation toward zero, as int() */
-            return 0;
+        if (x > -9.0e15 && x < 9.0e15) {   /* finite and exact: truncate toward zero, as int() */
+            Py_DECREF(r);
+            return PyLong_FromLongLong((long long)x);
         }
-        PyErr_SetString(PyExc_OverflowError, "random draw out of range");
-        return -1;
     }
     PyObject *pn = PyLong_FromSsize_t(n);
     PyObject *p = pn ? PyNumber_Multiply(r, pn) : NULL;
     Py_XDECREF(pn);
     Py_DECREF(r);
     if (p == NULL)
-        return -1;
-    PyObject *i = PyNumber_Long(p);
+        return NULL;
+    PyObject *i = PyNumber_Long(p);   /* int(): ValueError for NaN, OverflowError for inf */
     Py_DECREF(p);
-    if (i == NULL)
-        return -1;
-    *out = PyLong_AsSsize_t(i);
-    Py_DECREF(i);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+    return i;
 }
 
 /* RegionPool._pick_p2c(now, None, None) on `rp`: a new reference to the backend
- * or None, NULL on an error, or NotImplemented (nothing drawn yet) for a view
- * with something other than BackendStates in it */
+ * or None, NULL on an error, or NotImplemented (nothing drawn: the caller asks
+ * Python) when rp.view is not a list */
 static PyObject *
 pick_p2c(PyObject *rp, PyObject *now, int *drawn)
 {
     PyObject *view = SLOT(rp, S.rp[R_VIEW]);
-    if (view == NULL || !PyList_CheckExact(view)) {
-        PyErr_SetString(PyExc_TypeError, "RegionPool.view is not a list");
-        return NULL;
-    }
+    if (view == NULL || !PyList_CheckExact(view))
+        return Py_NewRef(Py_NotImplemented);
     Py_INCREF(view);
     Py_ssize_t n = PyList_GET_SIZE(view);
     PyObject *res = NULL;
-    for (Py_ssize_t x = 0; x < n; x++) {
-        if (Py_TYPE(PyList_GET_ITEM(view, x)) != S.b_type) {
-            Py_DECREF(view);
-            return Py_NewRef(Py_NotImplemented);   /* not drawn yet: the caller asks Python */
-        }
-    }
     if (n < 2) {
         res = Py_NewRef(n ? PyList_GET_ITEM(view, 0) : Py_None);
         Py_DECREF(view);
         return res;
     }
-    PyObject *rnd = PyDict_GetItemWithError(S.pool_globals, S.s_random);
-    PyObject *expf = PyDict_GetItemWithError(S.pool_globals, S.s_exp);
-    if (rnd == NULL || expf == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_NameError, "proxy.balance.pool._random/_exp");
-        Py_DECREF(view);
-        return NULL;
-    }
-    Py_INCREF(rnd);
-    Py_INCREF(expf);
-    Py_ssize_t i, j;
-    PyObject *a = NULL, *b = NULL, *k = NULL, *slow = NULL, *ca = NULL, *cb = NULL;
     *drawn = 1;
-    if (draw(rnd, n, &i) < 0 || draw(rnd, n - 1, &j) < 0)
+    PyObject *i = NULL, *j = NULL, *a = NULL, *b = NULL, *k = NULL, *expf = NULL, *ca = NULL, *cb = NULL;
+    if ((i = draw(n)) == NULL || (j = draw(n - 1)) == NULL)
         goto done;
-    if (j >= i)
-        j += 1;
-    /* view may have changed under random() (it is Python): index as Python would */
-    a = PySequence_GetItem(view, i);
-    if (a == NULL)
+    int ge = PyObject_RichCompareBool(j, i, Py_GE);
+    if (ge < 0)
         goto done;
-    b = PySequence_GetItem(view, j);
-    if (b == NULL)
+    if (ge) {
+        PyObject *j1 = PyNumber_Add(j, S.one);
+        Py_SETREF(j, j1);
+        if (j == NULL)
+            goto done;
+    }
+    /* view[i], view[j]: Python's indexing (negative indices, IndexError) */
+    if ((a = PyObject_GetItem(view, i)) == NULL || (b = PyObject_GetItem(view, j)) == NULL)
         goto done;
-    if (SLOT(rp, S.rp[R_NEG_INV_TAU]) == NULL || SLOT(rp, S.rp[R_SLOW]) == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "RegionPool slot not set");
+    if (SLOT(rp, S.rp[R_NEG_INV_TAU]) == NULL) {
+        no_attr(rp, S.s_neg_inv_tau);
         goto done;
     }
     k = Py_NewRef(SLOT(rp, S.rp[R_NEG_INV_TAU]));
-    slow = Py_NewRef(SLOT(rp, S.rp[R_SLOW]));
-    if (Py_TYPE(a) != S.b_type || Py_TYPE(b) != S.b_type) {
-        PyErr_SetString(PyExc_TypeError, "p2c: not a BackendState");
+    expf = PyDict_GetItemWithError(S.pool_globals, S.s_exp);
+    if (expf == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_NameError, "name '_exp' is not defined");
         goto done;
     }
-    ca = p2c_cost(a, now, k, slow, expf);
-    if (ca == NULL)
+    Py_INCREF(expf);
+    if ((ca = raw_cost(a, now, k, expf)) == NULL || (cb = raw_cost(b, now, k, expf)) == NULL)
         goto done;
-    cb = p2c_cost(b, now, k, slow, expf);
-    if (cb == NULL)
+    if ((ca = slow_div(a, ca, now, rp)) == NULL || (cb = slow_div(b, cb, now, rp)) == NULL)
         goto done;
     int le = PyObject_RichCompareBool(ca, cb, Py_LE);
-    if (le < 0)
-        goto done;
-    res = Py_NewRef(le ? a : b);
+    if (le >= 0)
+        res = Py_NewRef(le ? a : b);
 done:
-    Py_XDECREF(ca);
-    Py_XDECREF(cb);
-    Py_XDECREF(k);
-    Py_XDECREF(slow);
+    Py_XDECREF(i);
+    Py_XDECREF(j);
     Py_XDECREF(a);
     Py_XDECREF(b);
-    Py_DECREF(rnd);
-    Py_DECREF(expf);
+    Py_XDECREF(k);
+    Py_XDECREF(expf);
+    Py_XDECREF(ca);
+    Py_XDECREF(cb);
     Py_DECREF(view);
     return res;
 }
 
 /* ---------------------------------------------------------------- pick */
+
+/* rp.in_flight >= len(rp.view) * cap: 1, 0, or -1 on an error */
+static int
+saturated(PyObject *rp, PyObject *cap)
+{
+    PyObject *inf = SLOT(rp, S.rp[R_IN_FLIGHT]), *rview = SLOT(rp, S.rp[R_VIEW]);
+    if (inf == NULL || rview == NULL) {
+        no_attr(rp, inf == NULL ? S.s_in_flight : S.s_view);
+        return -1;
+    }
+    long long li, lc;
+    if (PyList_CheckExact(rview) && as_small_int(inf, &li) && as_small_int(cap, &lc) && lc >= 0
+        && lc < (1LL << 30))
+        return li >= (long long)PyList_GET_SIZE(rview) * lc;
+    Py_INCREF(inf);
+    Py_INCREF(rview);
+    int r = -1;
+    Py_ssize_t n = PyObject_Size(rview);
+    PyObject *pn = n < 0 ? NULL : PyLong_FromSsize_t(n), *prod = NULL;
+    if (pn != NULL && (prod = PyNumber_Multiply(pn, cap)) != NULL)
+        r = PyObject_RichCompareBool(inf, prod, Py_GE);
+    Py_XDECREF(pn);
+    Py_XDECREF(prod);
+    Py_DECREF(inf);
+    Py_DECREF(rview);
+    return r;
+}
+
+/* fn(self, *args, **kw) for a call the C leaves to Python (keywords, a wrong count) */
+static PyObject *
+forward(PyObject *fn, PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8], **buf = small;
+    if (nargs + nkw + 1 > 8 && (buf = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *))) == NULL)
+        return PyErr_NoMemory();
+    buf[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        buf[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(fn, buf, nargs + 1, kwnames);
+    if (buf != small)
+        PyMem_Free(buf);
+    return r;
+}
 
 static PyObject *
 fallback_pick(PyObject *self, PyObject *ctx, PyObject *exclude, PyObject *now)
@@ -358,12 +378,10 @@ fallback_pick(PyObject *self, PyObject *ctx, PyObject *exclude, PyObject *now)
 
 /* Selector.pick(self, ctx, exclude, now) -> BackendState | (status, reason) */
 static PyObject *
-pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "pick(ctx, exclude, now)");
-        return NULL;
-    }
+    if (nargs != 3 || (kwnames && PyTuple_GET_SIZE(kwnames)))
+        return forward(S.pick_py, self, args, nargs, kwnames);
     PyObject *ctx = args[0], *exclude = args[1], *now = args[2];
     if (!S.ready || Py_TYPE(self) != S.sel_type || Py_TYPE(ctx) != S.ctx_type
         || !PyFloat_CheckExact(now) || !PyAnySet_CheckExact(exclude) || PySet_GET_SIZE(exclude) != 0)
@@ -372,7 +390,7 @@ pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *res = NULL, *plans = NULL, *route = NULL, *name = NULL, *node = NULL, *hooks = NULL,
         *resid = NULL, *bal = NULL, *cluster = NULL, *view = NULL, *next_event = NULL,
         *cgen = NULL, *vgen = NULL, *gsum = NULL, *order = NULL, *latlon = NULL, *backend = NULL,
-        *region = NULL, *plan = NULL;
+        *region = NULL, *plan = NULL, *cap = NULL;
     int drawn = 0;   /* once a random number is drawn, no handing over to Python */
 
     /* plan = self.plans[ctx.route.name] */
@@ -464,21 +482,19 @@ pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     if (ge)
         goto python;
-    PyObject *valid_until = SLOT(plan, S.plan[P_VALID_UNTIL]), *pgen = SLOT(plan, S.plan[P_GEN]);
-    if (valid_until == NULL || pgen == NULL)
-        goto python;
-    ge = PyObject_RichCompareBool(now, valid_until, Py_GE);
-    if (ge < 0)
-        goto error;
-    if (ge)
-        goto python;
     cgen = GA(cluster, S.s_gen);
     if (cgen == NULL)
         goto error;
     vgen = GA(view, S.s_gen);
     if (vgen == NULL)
         goto error;
-    if (!PyLong_CheckExact(cgen) || !PyLong_CheckExact(vgen) || !PyLong_CheckExact(pgen))
+    /* plan.valid_until and plan.gen last, after every call that could run Python code,
+     * and only a plain float and int (comparing them runs none) */
+    PyObject *valid_until = SLOT(plan, S.plan[P_VALID_UNTIL]), *pgen = SLOT(plan, S.plan[P_GEN]);
+    if (valid_until == NULL || pgen == NULL || !PyFloat_CheckExact(valid_until)
+        || !PyLong_CheckExact(cgen) || !PyLong_CheckExact(vgen) || !PyLong_CheckExact(pgen))
+        goto python;
+    if (PyFloat_AS_DOUBLE(now) >= PyFloat_AS_DOUBLE(valid_until))
         goto python;
     gsum = PyNumber_Add(cgen, vgen);
     if (gsum == NULL)
@@ -496,39 +512,28 @@ pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         || (PyUnicode_CompareWithASCIIString(kind, "geo") == 0 && latlon != Py_None))
         goto python;
     PyObject *ranking = SLOT(plan, S.plan[P_RANKING]);
-    PyObject *cap = SLOT(plan, S.plan[P_MAX_IFPB]);
-    if (ranking == NULL || !PyList_CheckExact(ranking) || cap == NULL
-        || (cap != Py_None && !PyLong_CheckExact(cap)))
+    if (ranking == NULL || !PyList_CheckExact(ranking) || SLOT(plan, S.plan[P_MAX_IFPB]) == NULL)
         goto python;
-    order = Py_NewRef(ranking);
-    long long lcap = 0;
-    int has_cap = cap != Py_None;   /* cap itself is not used past here */
-    if (has_cap) {
-        int of;
-        lcap = PyLong_AsLongLongAndOverflow(cap, &of);
-        if (of || lcap < 0 || lcap > (1LL << 30))
+    for (Py_ssize_t r = 0; r < PyList_GET_SIZE(ranking); r++)
+        if (Py_TYPE(PyList_GET_ITEM(ranking, r)) != S.rp_type)
             goto python;
-    }
+    order = Py_NewRef(ranking);
+    cap = Py_NewRef(SLOT(plan, S.plan[P_MAX_IFPB]));
     for (Py_ssize_t r = 0; r < PyList_GET_SIZE(order); r++) {
         PyObject *rp = PyList_GET_ITEM(order, r);
-        if (Py_TYPE(rp) != S.rp_type) {
+        if (Py_TYPE(rp) != S.rp_type) {   /* the list changed under a Python call */
             if (drawn)
                 goto error_type;
             goto python;
         }
         Py_INCREF(rp);
-        if (has_cap) {
+        if (cap != Py_None) {
             /* rp.in_flight >= len(rp.view) * cap: saturated, next region */
-            PyObject *inf = SLOT(rp, S.rp[R_IN_FLIGHT]), *rview = SLOT(rp, S.rp[R_VIEW]);
-            long long li;
-            if (inf == NULL || rview == NULL || !PyList_CheckExact(rview) || !as_small_int(inf, &li)) {
+            int sat = saturated(rp, cap);
+            if (sat != 0) {
                 Py_DECREF(rp);
-                if (drawn)
-                    goto error_type;
-                goto python;
-            }
-            if (li >= (long long)PyList_GET_SIZE(rview) * lcap) {
-                Py_DECREF(rp);
+                if (sat < 0)
+                    goto error;
                 continue;
             }
         }
@@ -576,6 +581,10 @@ pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *d;
     if (backend != NULL) {
+        PyObject *bid = b_attr(backend, B_ID, S.s_id);   /* b.id in exclude: read, then False */
+        if (bid == NULL)
+            goto error;
+        Py_DECREF(bid);
         /* Decision(rp.region, b, plan, (now, None, latlon)), as __init__ makes it */
         PyObject *why = PyTuple_Pack(3, now, Py_None, latlon);
         if (why == NULL)
@@ -595,8 +604,14 @@ pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto out;
     }
     /* nothing in the walk: balancer._last_resort(plan, order, None, None, latlon, None, now, None) */
-    d = PyObject_CallFunctionObjArgs(S.last_resort, bal, plan, order, Py_None, Py_None, latlon,
-                                     Py_None, now, Py_None, NULL);
+    {
+        PyObject *lr = GA(bal, S.s_last_resort);
+        if (lr == NULL)
+            goto error;
+        d = PyObject_CallFunctionObjArgs(lr, plan, order, Py_None, Py_None, latlon, Py_None, now,
+                                         Py_None, NULL);
+        Py_DECREF(lr);
+    }
     if (d == NULL)
         goto error;
     {
@@ -620,7 +635,14 @@ pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(reason);
             goto out;
         }
-        /* exclude is empty: b.id in exclude is False */
+        /* b.id in exclude: read (it may raise), and False for the empty set */
+        PyObject *bid = b_attr(b, B_ID, S.s_id);
+        if (bid == NULL) {
+            Py_DECREF(b);
+            Py_DECREF(d);
+            goto error;
+        }
+        Py_DECREF(bid);
         slot_set(ctx, S.ctx[C_POLICY_NOTE], d);
         res = b;
         goto out;
@@ -654,11 +676,12 @@ out:
     Py_XDECREF(order);
     Py_XDECREF(backend);
     Py_XDECREF(region);
+    Py_XDECREF(cap);
     return res;
 }
 
 static PyMethodDef pick_def = {
-    "pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL,
+    "pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL | METH_KEYWORDS,
     "Selector.pick(ctx, exclude, now) in C for the common case (proxy/balance/_pick.c).",
 };
 
@@ -683,14 +706,20 @@ add_slot(PyObject *o, Py_ssize_t off, long long v, long long delta)
 
 /* Selector.on_done(self, backend, latency, outcome, now): cluster.on_done for "ok" */
 static PyObject *
-on_done(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+on_done(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "on_done(backend, latency, outcome, now)");
-        return NULL;
-    }
+    if (nargs != 4 || (kwnames && PyTuple_GET_SIZE(kwnames)))
+        return forward(S.on_done_py, self, args, nargs, kwnames);
     PyObject *b = args[0], *latency = args[1], *outcome = args[2], *now = args[3];
-    if (!S.ready || Py_TYPE(self) != S.sel_type || Py_TYPE(b) != S.b_type
+    if (!S.ready)
+        return fallback_done(self, args);
+    /* the module globals the Python calls: selection.on_done, cluster._exp */
+    PyObject *g_done = PyDict_GetItemWithError(S.sel_globals, S.s_on_done);
+    PyObject *g_exp = g_done ? PyDict_GetItemWithError(S.cluster_globals, S.s_exp) : NULL;
+    if (PyErr_Occurred())
+        return NULL;
+    if (!S.ready || g_done != S.cluster_on_done || g_exp != S.math_exp
+        || Py_TYPE(self) != S.sel_type || Py_TYPE(b) != S.b_type
         || !PyFloat_CheckExact(latency) || !PyFloat_CheckExact(now)
         || !PyUnicode_CheckExact(outcome) || PyUnicode_Compare(outcome, S.s_ok) != 0)
         return fallback_done(self, args);
@@ -745,7 +774,7 @@ on_done(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef on_done_def = {
-    "on_done", (PyCFunction)(void (*)(void))on_done, METH_FASTCALL,
+    "on_done", (PyCFunction)(void (*)(void))on_done, METH_FASTCALL | METH_KEYWORDS,
     "Selector.on_done(backend, latency, outcome, now) in C for \"ok\" (proxy/balance/_pick.c).",
 };
 
@@ -759,13 +788,20 @@ method_on(PyMethodDef *def, PyObject *type)
 }
 
 /* setup(Selector, BalanceSelector, RequestContext, Plan, RegionPool, BackendState, Decision,
- *       pick_py, on_done_py, pool_module_dict, OK) -> (pick, on_done) */
+ *       pick_py, on_done_py, vars(pool), vars(cluster), vars(selection), cluster.on_done, OK)
+ *   -> (pick, on_done); once per process */
 static PyObject *
 setup(PyObject *module, PyObject *args)
 {
-    PyObject *sel, *bsel, *ctx, *plan, *rp, *b, *d, *pick_py, *done_py, *pool_globals, *ok;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOO!U:setup", &sel, &bsel, &ctx, &plan, &rp, &b, &d,
-                          &pick_py, &done_py, &PyDict_Type, &pool_globals, &ok))
+    PyObject *sel, *bsel, *ctx, *plan, *rp, *b, *d, *pick_py, *done_py, *pool_globals,
+        *cluster_globals, *sel_globals, *cluster_on_done, *ok;
+    if (S.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "proxy.balance._pick is already set up");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO!O!O!OU:setup", &sel, &bsel, &ctx, &plan, &rp, &b, &d,
+                          &pick_py, &done_py, &PyDict_Type, &pool_globals, &PyDict_Type,
+                          &cluster_globals, &PyDict_Type, &sel_globals, &cluster_on_done, &ok))
         return NULL;
     PyObject *types[7] = {sel, bsel, ctx, plan, rp, b, d};
     for (int i = 0; i < 7; i++)
@@ -778,16 +814,14 @@ setup(PyObject *module, PyObject *args)
         || offsets(d, d_names, N_D, S.d) < 0)
         return NULL;
     PyObject *p2c = PyObject_GetAttrString(rp, "_pick_p2c");
-    PyObject *lr = PyObject_GetAttrString(bsel, "_last_resort");
     PyObject *math = PyImport_ImportModule("math");
     PyObject *mexp = math ? PyObject_GetAttrString(math, "exp") : NULL;
     Py_XDECREF(math);
-    if (p2c == NULL || lr == NULL || mexp == NULL || !PyFunction_Check(p2c) || !PyFunction_Check(lr)) {
+    if (p2c == NULL || mexp == NULL || !PyFunction_Check(p2c)) {
         Py_XDECREF(p2c);
-        Py_XDECREF(lr);
         Py_XDECREF(mexp);
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "setup: RegionPool._pick_p2c / _last_resort are not functions");
+            PyErr_SetString(PyExc_TypeError, "setup: RegionPool._pick_p2c is not a function");
         return NULL;
     }
     S.sel_type = (PyTypeObject *)Py_NewRef(sel);
@@ -801,7 +835,9 @@ setup(PyObject *module, PyObject *args)
     S.on_done_py = Py_NewRef(done_py);
     S.pool_globals = Py_NewRef(pool_globals);
     S.p2c_func = p2c;
-    S.last_resort = lr;
+    S.cluster_globals = Py_NewRef(cluster_globals);
+    S.sel_globals = Py_NewRef(sel_globals);
+    S.cluster_on_done = Py_NewRef(cluster_on_done);
     S.math_exp = mexp;
     S.s_ok = Py_NewRef(ok);
 #define INTERN(f, s) if ((S.f = PyUnicode_InternFromString(s)) == NULL) return NULL
@@ -822,6 +858,16 @@ setup(PyObject *module, PyObject *args)
     INTERN(s_exp, "_exp");
     INTERN(s_slow_factor, "slow_factor");
     INTERN(s_backend, "backend");
+    INTERN(s_ewma_ms, "ewma_ms");
+    INTERN(s_stamp, "stamp");
+    INTERN(s_in_flight, "in_flight");
+    INTERN(s_weight, "weight");
+    INTERN(s_slow_until, "slow_until");
+    INTERN(s_slow, "_slow");
+    INTERN(s_neg_inv_tau, "_neg_inv_tau");
+    INTERN(s_id, "id");
+    INTERN(s_last_resort, "_last_resort");
+    INTERN(s_on_done, "on_done");
     INTERN(no_backend, "no backend available");
 #undef INTERN
     if ((S.one = PyLong_FromLong(1)) == NULL)

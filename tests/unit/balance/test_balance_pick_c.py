@@ -70,6 +70,13 @@ def _ctx(node: Node, geo: object) -> RequestContext:
     return ctx
 
 
+def _warm(node: Node, now: float) -> None:
+    """Rank the plans as the first pick would (a fresh plan is always Python's)."""
+    bal = node.selector.balancer
+    for plan in node.selector.plans.values():
+        bal._refresh(plan, now)
+
+
 def _backends(node: Node) -> list[tuple[object, ...]]:
     return [(b.id, b.ewma_ms, b.stamp, b.samples, b.in_flight, b.consecutive_5xx,
              b.consecutive_conn, b.up, b.ejected_until) for b in node.selector.cluster.backends()]
@@ -117,6 +124,8 @@ def test_the_c_pick_and_on_done_match_the_python_ones(sizes, policy, cap, algori
     c, py = (_node(sizes, policy, cap, algorithm, affinity) for _ in range(2))
     geo = types.SimpleNamespace(lat=48.8, lon=2.3, country="FR", continent="EU") if located else None
     now = 1000.0
+    _warm(c, now)
+    _warm(py, now)
     picked: dict[Node, list[object]] = {c: [], py: []}
     state = random.getstate()
     for kind, x, outcome, n in ops:
@@ -192,6 +201,7 @@ def test_a_stand_in_random_and_odd_backend_values_follow_python() -> None:
     from proxy.balance import pool as pool_mod
     c, py = _node([3], "latency", None, "p2c_ewma", False), _node([3], "latency", None, "p2c_ewma", False)
     for node in (c, py):
+        _warm(node, 1000.0)
         for i, b in enumerate(node.selector.cluster.backends()):
             b.ewma_ms = [5, 7.5, True][i]           # an int, a float, a bool
             b.stamp = 999.0
@@ -205,3 +215,48 @@ def test_a_stand_in_random_and_odd_backend_values_follow_python() -> None:
     finally:
         pool_mod._random = saved
     assert _outcome(got[1]) == _outcome(want[1])
+
+
+def test_the_common_case_is_the_cs_and_matches() -> None:
+    """A warm latency plan, p2c, a cap, slow start on one backend: every pick and
+    on_done runs in C (none reaches the Python balancer) and matches Python."""
+    c, py = _node([3, 2], "latency", 2, "p2c_ewma", False), _node([3, 2], "latency", 2, "p2c_ewma", False)
+    for node in (c, py):
+        _warm(node, 1000.0)
+        b = next(iter(node.selector.cluster.backends()))
+        b.slow_start_at, b.slow_until = 999.0, 1001.0
+    fallbacks = []
+    real = c.selector.balancer.pick
+    c.selector.balancer.pick = lambda *a: fallbacks.append(a) or real(*a)  # type: ignore[method-assign]
+    random.seed(11)
+    got = []
+    for i in range(300):
+        now = 1000.0 + i * 1e-4
+        ctx = _ctx(c, None)
+        b = Selector.pick(c.selector, ctx, set(), now)
+        b.in_flight += 1
+        b.pool.in_flight += 1
+        got.append((b.id, _note(ctx)))
+        if i % 3 == 0:
+            Selector.on_done(c.selector, b, 0.002 * (i % 5), "ok", now)
+    random.seed(11)
+    want = []
+    for i in range(300):
+        now = 1000.0 + i * 1e-4
+        ctx = _ctx(py, None)
+        b = Selector._pick_py(py.selector, ctx, set(), now)  # type: ignore[attr-defined]
+        b.in_flight += 1
+        b.pool.in_flight += 1
+        want.append((b.id, _note(ctx)))
+        if i % 3 == 0:
+            Selector._on_done_py(py.selector, b, 0.002 * (i % 5), "ok", now)  # type: ignore[attr-defined]
+    assert got == want
+    assert _backends(c) == _backends(py) and _pools(c) == _pools(py)
+    if not PURE:
+        assert not fallbacks, f"{len(fallbacks)} of 300 picks went to the Python balancer"
+    # keywords are Python's call convention: forwarded, same answer
+    random.seed(12)
+    k1 = Selector.pick(c.selector, ctx=_ctx(c, None), exclude=set(), now=1000.5)
+    random.seed(12)
+    k2 = Selector._pick_py(py.selector, ctx=_ctx(py, None), exclude=set(), now=1000.5)  # type: ignore[attr-defined]
+    assert k1.id == k2.id
