@@ -761,3 +761,12 @@ _new_exchange: Any = Exchange
 _c = attach("proxy._hotpath", _setup_c)
 if _c is not None:
     Downstream.on_header, Exchange.on_header, _new_exchange = _c  # type: ignore[method-assign]
+
+
+# --- C: Exchange's response callbacks (proxy/_response.c), set up in exchange.py ---
+# Here the C learns Downstream, to inline keep_alive_after (while it is this
+# method) instead of calling it.
+from .exchange import _c_response as _response_c  # noqa: E402
+
+if _response_c is not None:
+    attach("proxy._response", lambda c: c.setup_down(Downstream, Downstream.keep_alive_after))

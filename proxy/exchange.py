@@ -19,6 +19,7 @@ the order through the access log's verdicts):
 from __future__ import annotations
 
 import asyncio
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import httptools
@@ -758,3 +759,28 @@ IDEMPOTENT_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"
 
 class _ExtraResponse(Exception):
     """Raised from a response parser callback: the backend sent more than one response."""
+
+
+# --- C: the response parser callbacks (proxy/_response.c) ---
+# httptools calls these on every response from a backend. In C they do the
+# common case themselves (a final head, rendered as _render_head renders it,
+# and the body) and hand everything else to the Python methods, kept here as
+# Exchange._<name>_py (the reference), before changing anything. The C uses
+# _hotpath's response_fields, so it is set up only where that was built.
+_RESPONSE_CALLBACKS = ("on_message_begin", "on_status", "on_headers_complete", "on_body",
+                       "on_message_complete")
+for _name in _RESPONSE_CALLBACKS:
+    setattr(Exchange, f"_{_name}_py", getattr(Exchange, _name))
+
+
+def _setup_response_c(c: ModuleType) -> tuple[object, ...]:
+    from .context import RequestContext
+    return c.setup(Exchange, RequestContext, httptools.HttpResponseParser, globals(), _response_fields,
+                   Exchange._render_head, Exchange._clear_timer,
+                   tuple(getattr(Exchange, f"_{n}_py") for n in _RESPONSE_CALLBACKS))
+
+
+_c_response = attach("proxy._response", _setup_response_c) if _response_fields is not None else None
+if _c_response is not None:
+    for _name, _method in zip(_RESPONSE_CALLBACKS, _c_response):
+        setattr(Exchange, _name, _method)

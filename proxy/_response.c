@@ -1,0 +1,679 @@
+/* proxy._response: the response parser callbacks of Exchange in C
+ * (on_message_begin, on_status, on_headers_complete with its _render_head,
+ * on_body, on_message_complete; on_header is proxy/_hotpath.c's).
+ *
+ * Why C: httptools calls these for every response from a backend; in Python
+ * they cost ~1.5 us a request (mostly the interpreter's overhead of small
+ * methods: on_headers_complete and _render_head alone ~1 us).
+ *
+ * Contract: each is its Python method (proxy/exchange.py, kept as
+ * Exchange._<name>_py, the reference) for the common case, and hands
+ * everything else to that method before anything is changed:
+ *   - an exchange of a subclass, a slot of an unexpected type (each flag must
+ *     be an exact bool, each count an exact int, ...), a parser that is not
+ *     an httptools.HttpResponseParser, a context that is not a RequestContext;
+ *   - on_message_begin / on_headers_complete after the response was complete
+ *     (Python raises _ExtraResponse); on_body on a HEAD/204/304 response
+ *     (Python closes the connection);
+ *   - on_headers_complete of an interim (1xx) or 101 response; of a head
+ *     whose fields the C response_fields (proxy/_hotpath.c) leaves to Python
+ *     (a Connection field naming end-to-end fields...); with an
+ *     X-NovaEdge-Decision wanted (trusted peer or debug_headers); when
+ *     Exchange._render_head or Exchange._clear_timer are not the functions
+ *     this was set up with, or exchange._response_fields is not the C one.
+ * In the common case on_headers_complete computes the head from the state
+ * as it finds it, then changes the exchange and its context in the order the
+ * Python method does, calling the parser's get_status_code() and
+ * should_keep_alive() and down.keep_alive_after(ex) (inlined only once
+ * setup_down() has seen Downstream and while its method is the one seen).
+ * tests/unit/test_response_callbacks.py feeds both versions the same
+ * responses through httptools and compares the bytes and the state.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+#include <stdio.h>
+
+enum { E_RESP_COMPLETE, E_RESP_REASON, E_RESP_STATUS, E_RESP_PARSER, E_RESP_HEAD_BYTES, E_TIMER,
+       E_CTX, E_LAST_READ, E_RESP_KEEP_ALIVE, E_RESP_NO_BODY, E_RESP_HEADERS, E_NODE, E_DOWN,
+       E_VERSION, E_RESP_CLOSE_DELIMITED, E_RESP_OUT_CHUNKED, E_RESP_CLOSE_AFTER, E_BODY_COMPLETE,
+       E_OUT, E_RESP_HEAD_SENT, E_HEAD_UNFLUSHED, E_KEEP_ALIVE, N_EX };
+static const char *ex_names[N_EX] = {
+    "resp_complete", "resp_reason", "resp_status", "resp_parser", "resp_head_bytes", "timer",
+    "ctx", "last_read", "resp_keep_alive", "resp_no_body", "resp_headers", "node", "down",
+    "version", "resp_close_delimited", "resp_out_chunked", "resp_close_after", "body_complete",
+    "out", "resp_head_sent", "head_unflushed", "keep_alive"};
+
+enum { C_STATUS, C_UPSTREAM_HEADERS_AT, C_METHOD, C_REQUEST_ID, C_BYTES_OUT, N_CTX };
+static const char *ctx_names[N_CTX] = {"status", "upstream_headers_at", "method", "request_id", "bytes_out"};
+
+/* the Python methods, by index */
+enum { P_BEGIN, P_STATUS, P_HEADERS, P_BODY, P_COMPLETE, N_PY };
+
+static struct {
+    int ready;
+    PyTypeObject *ex_type, *ctx_type, *parser_type;
+    Py_ssize_t off[N_EX], coff[N_CTX];
+    PyObject *py[N_PY];        /* Exchange._on_*_py */
+    PyObject *globals;         /* proxy.exchange's namespace: _response_fields, REASONS */
+    PyObject *fields;          /* proxy._hotpath.response_fields */
+    PyObject *render_head;     /* Exchange._render_head */
+    PyObject *clear_timer;     /* Exchange._clear_timer */
+    PyObject *zero, *zero_float;
+} S;
+
+/* Downstream, for keep_alive_after inlined (setup_down) */
+static struct {
+    int ready;
+    PyTypeObject *type;
+    Py_ssize_t closing, node;
+    PyObject *keep_alive_after;
+} D;
+
+static PyObject *s_get_status_code, *s_should_keep_alive, *s_via_header, *s_snapshot, *s_config,
+    *s_debug_headers, *s_deadlines, *s_discard, *s_trusted_peer, *s_keep_alive_after, *s_draining,
+    *s_fields_name, *s_reasons, *s_render_head, *s_clear_timer, *s_append;
+
+static int
+slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off)
+{
+    PyObject *d = PyDict_GetItemString(type->tp_dict, name);
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+        || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "setup: %s.%s is not an object slot", type->tp_name, name);
+        return -1;
+    }
+    *off = ((PyMemberDescrObject *)d)->d_member->offset;
+    return 0;
+}
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#define EX(ex, i) SLOT(ex, S.off[i])
+#define CTX(ctx, i) SLOT(ctx, S.coff[i])
+
+/* set an object slot to v (a new reference is taken) */
+static void
+slot_put(PyObject *obj, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old = SLOT(obj, off);
+    Py_INCREF(v);
+    SLOT(obj, off) = v;
+    Py_XDECREF(old);
+}
+
+static int
+is_bool(PyObject *o)
+{
+    return o == Py_True || o == Py_False;
+}
+
+static PyObject *
+py_call(int which, PyObject *ex, PyObject *arg)
+{
+    PyObject *args[2] = {ex, arg};
+    return PyObject_Vectorcall(S.py[which], args, arg == NULL ? 1 : 2, NULL);
+}
+
+/* -- on_message_begin, on_status, on_message_complete ------------------------ */
+
+static PyObject *
+on_message_begin(PyObject *ex, PyObject *unused)
+{
+    if (!S.ready || Py_TYPE(ex) != S.ex_type || EX(ex, E_RESP_COMPLETE) != Py_False)
+        return py_call(P_BEGIN, ex, NULL);   /* True: it raises _ExtraResponse */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+on_status(PyObject *ex, PyObject *reason)
+{
+    if (!S.ready || Py_TYPE(ex) != S.ex_type || !PyBytes_CheckExact(reason))
+        return py_call(P_STATUS, ex, reason);
+    PyObject *have = EX(ex, E_RESP_REASON);
+    if (have == NULL || !PyBytes_CheckExact(have))
+        return py_call(P_STATUS, ex, reason);
+    PyObject *joined = PyNumber_InPlaceAdd(have, reason);   /* `+=` on bytes */
+    if (joined == NULL)
+        return NULL;
+    slot_put(ex, S.off[E_RESP_REASON], joined);
+    Py_DECREF(joined);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+on_message_complete(PyObject *ex, PyObject *unused)
+{
+    if (!S.ready || Py_TYPE(ex) != S.ex_type)
+        return py_call(P_COMPLETE, ex, NULL);
+    PyObject *st = EX(ex, E_RESP_STATUS);
+    if (st == NULL || !PyLong_CheckExact(st))
+        return py_call(P_COMPLETE, ex, NULL);
+    int overflow;
+    long status = PyLong_AsLongAndOverflow(st, &overflow);
+    if (overflow == 0 && status == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow > 0 || status >= 200 || (overflow == 0 && status == 0))
+        slot_put(ex, S.off[E_RESP_COMPLETE], Py_True);
+    Py_RETURN_NONE;
+}
+
+/* -- on_body ----------------------------------------------------------------- */
+
+static PyObject *
+on_body(PyObject *ex, PyObject *body)
+{
+    if (!S.ready || Py_TYPE(ex) != S.ex_type || !PyBytes_CheckExact(body))
+        return py_call(P_BODY, ex, body);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    if (n == 0)
+        Py_RETURN_NONE;
+    PyObject *ctx = EX(ex, E_CTX), *chunked = EX(ex, E_RESP_OUT_CHUNKED), *out = EX(ex, E_OUT);
+    if (EX(ex, E_RESP_NO_BODY) != Py_False || ctx == NULL || Py_TYPE(ctx) != S.ctx_type
+        || chunked == NULL || !is_bool(chunked) || out == NULL || !PyList_CheckExact(out))
+        return py_call(P_BODY, ex, body);   /* a body on HEAD/204/304: Python drops the connection */
+    PyObject *have = CTX(ctx, C_BYTES_OUT);
+    if (have == NULL || !PyLong_CheckExact(have))
+        return py_call(P_BODY, ex, body);
+    PyObject *len = PyLong_FromSsize_t(n);
+    if (len == NULL)
+        return NULL;
+    PyObject *total = PyNumber_Add(have, len);
+    Py_DECREF(len);
+    if (total == NULL)
+        return NULL;
+    PyObject *piece;
+    if (chunked == Py_True) {
+        char size[32];
+        int k = snprintf(size, sizeof(size), "%zx\r\n", n);
+        piece = PyBytes_FromStringAndSize(NULL, k + n + 2);
+        if (piece == NULL) {
+            Py_DECREF(total);
+            return NULL;
+        }
+        char *p = PyBytes_AS_STRING(piece);
+        memcpy(p, size, k);
+        memcpy(p + k, PyBytes_AS_STRING(body), n);
+        memcpy(p + k + n, "\r\n", 2);
+    } else {
+        piece = Py_NewRef(body);
+    }
+    Py_INCREF(out);   /* own the list across the changes */
+    slot_put(ctx, S.coff[C_BYTES_OUT], total);
+    Py_DECREF(total);
+    int r = PyList_Append(out, piece);
+    Py_DECREF(piece);
+    Py_DECREF(out);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* -- on_headers_complete ------------------------------------------------------- */
+
+typedef struct {
+    PyObject *f[N_EX];        /* the exchange's slots, owned */
+    PyObject *status, *keep, *via, *fields, *reason, *rid, *method;   /* owned */
+    long st;
+    int client_11, no_body, chunked, has_cl;
+} Head;
+
+static void
+head_clear(Head *h)
+{
+    for (int i = 0; i < N_EX; i++)
+        Py_CLEAR(h->f[i]);
+    Py_CLEAR(h->status);
+    Py_CLEAR(h->keep);
+    Py_CLEAR(h->via);
+    Py_CLEAR(h->fields);
+    Py_CLEAR(h->reason);
+    Py_CLEAR(h->rid);
+    Py_CLEAR(h->method);
+}
+
+static int
+str_is(PyObject *o, const char *s, Py_ssize_t n)
+{
+    return PyUnicode_CheckExact(o) && PyUnicode_IS_COMPACT_ASCII(o) && PyUnicode_GET_LENGTH(o) == n
+        && memcmp(PyUnicode_1BYTE_DATA(o), s, n) == 0;
+}
+
+/* attr must be exactly False: 1 yes, 0 no (Python's path), -1 error */
+static int
+attr_is_false(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL)
+        return -1;
+    int r = v == Py_False;
+    Py_DECREF(v);
+    return r;
+}
+
+/* Read and check everything the common case needs, changing nothing (the
+ * reads are of slots and plain attributes, and the parser's getters):
+ * 1 it is the common case (h filled), 0 it is not, -1 an error (both: Python's method). */
+static int
+head_prepare(PyObject *ex, Head *h)
+{
+    PyObject *d = S.ex_type->tp_dict;
+    if (PyDict_GetItemWithError(d, s_render_head) != S.render_head
+        || PyDict_GetItemWithError(d, s_clear_timer) != S.clear_timer)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *fields_fn = PyDict_GetItemWithError(S.globals, s_fields_name);
+    if (fields_fn != S.fields)
+        return PyErr_Occurred() ? -1 : 0;
+    for (int i = 0; i < N_EX; i++) {
+        if (SLOT(ex, S.off[i]) == NULL)
+            return 0;
+        h->f[i] = Py_NewRef(SLOT(ex, S.off[i]));
+    }
+    PyObject **f = h->f;
+    if (Py_TYPE(f[E_RESP_PARSER]) != S.parser_type || f[E_RESP_COMPLETE] != Py_False
+        || Py_TYPE(f[E_CTX]) != S.ctx_type || !PyFloat_CheckExact(f[E_TIMER])
+        || !PyBytes_CheckExact(f[E_RESP_REASON]) || !PyUnicode_CheckExact(f[E_VERSION])
+        || !is_bool(f[E_RESP_CLOSE_AFTER]) || !is_bool(f[E_BODY_COMPLETE])
+        || !PyList_CheckExact(f[E_OUT]))
+        return 0;
+    /* the parser's calls run no Python code (httptools' Cython methods) */
+    h->status = PyObject_CallMethodNoArgs(f[E_RESP_PARSER], s_get_status_code);
+    if (h->status == NULL)
+        return -1;
+    if (!PyLong_CheckExact(h->status))
+        return 0;
+    int overflow;
+    h->st = PyLong_AsLongAndOverflow(h->status, &overflow);
+    if (h->st == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || h->st < 200)
+        return 0;   /* 1xx and 101 */
+    h->keep = PyObject_CallMethodNoArgs(f[E_RESP_PARSER], s_should_keep_alive);
+    if (h->keep == NULL)
+        return -1;
+    PyObject *ctx = f[E_CTX];
+    if (CTX(ctx, C_METHOD) == NULL || CTX(ctx, C_REQUEST_ID) == NULL)
+        return 0;
+    h->method = Py_NewRef(CTX(ctx, C_METHOD));
+    h->rid = Py_NewRef(CTX(ctx, C_REQUEST_ID));
+    if (!PyUnicode_CheckExact(h->method) || !PyUnicode_CheckExact(h->rid))
+        return 0;
+    h->no_body = str_is(h->method, "HEAD", 4) || h->st == 204 || h->st == 304;
+    h->client_11 = str_is(f[E_VERSION], "1.1", 3);
+
+    /* no X-NovaEdge-Decision: neither a trusted peer nor debug_headers */
+    int r = attr_is_false(f[E_DOWN], s_trusted_peer);
+    if (r <= 0)
+        return r;
+    PyObject *snap = PyObject_GetAttr(f[E_NODE], s_snapshot);
+    if (snap == NULL)
+        return -1;
+    PyObject *config = PyObject_GetAttr(snap, s_config);
+    Py_DECREF(snap);
+    if (config == NULL)
+        return -1;
+    r = attr_is_false(config, s_debug_headers);
+    Py_DECREF(config);
+    if (r <= 0)
+        return r;
+    h->via = PyObject_GetAttr(f[E_NODE], s_via_header);
+    if (h->via == NULL)
+        return -1;
+    if (!PyBytes_CheckExact(h->via))
+        return 0;
+
+    /* the fields: the C loop of _render_head, or None (Python's loop) */
+    h->fields = PyObject_Vectorcall(S.fields, &f[E_RESP_HEADERS], 1, NULL);
+    if (h->fields == NULL)
+        return -1;
+    if (!PyTuple_CheckExact(h->fields) || PyTuple_GET_SIZE(h->fields) != 3
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(h->fields, 0))
+        || !is_bool(PyTuple_GET_ITEM(h->fields, 1)) || !is_bool(PyTuple_GET_ITEM(h->fields, 2)))
+        return 0;
+    h->has_cl = PyTuple_GET_ITEM(h->fields, 1) == Py_True;
+    h->chunked = PyTuple_GET_ITEM(h->fields, 2) == Py_True;
+
+    /* the reason phrase: the backend's, or REASONS.get(status, "Unknown").encode() */
+    if (PyBytes_GET_SIZE(f[E_RESP_REASON]) > 0) {
+        h->reason = Py_NewRef(f[E_RESP_REASON]);
+    } else {
+        PyObject *reasons = PyDict_GetItemWithError(S.globals, s_reasons);
+        if (reasons == NULL || !PyDict_CheckExact(reasons))
+            return PyErr_Occurred() ? -1 : 0;
+        PyObject *phrase = PyDict_GetItemWithError(reasons, h->status);
+        if (phrase == NULL && PyErr_Occurred())
+            return -1;
+        if (phrase == NULL) {
+            h->reason = PyBytes_FromStringAndSize("Unknown", 7);
+        } else {
+            if (!PyUnicode_CheckExact(phrase))
+                return 0;
+            h->reason = PyUnicode_AsUTF8String(phrase);
+            if (h->reason == NULL) {
+                PyErr_Clear();
+                return 0;   /* Python raises its own */
+            }
+        }
+        if (h->reason == NULL)
+            return -1;
+    }
+    if (PyUnicode_AsUTF8AndSize(h->rid, NULL) == NULL) {
+        PyErr_Clear();
+        return 0;   /* a request id .encode() refuses: Python raises */
+    }
+    return 1;
+}
+
+/* down.keep_alive_after(ex): 1 true, 0 false, -1 error */
+static int
+keep_alive_after(PyObject *ex)
+{
+    PyObject *down = EX(ex, E_DOWN);
+    if (down == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "'Exchange' object attribute 'down' is not set");
+        return -1;
+    }
+    Py_INCREF(down);
+    int r = -2;
+    if (D.ready && Py_TYPE(down) == D.type) {
+        PyObject *fn = PyDict_GetItem(D.type->tp_dict, s_keep_alive_after);   /* (no error: a str key) */
+        PyObject *keep = EX(ex, E_KEEP_ALIVE), *closing = SLOT(down, D.closing);
+        /* ex.keep_alive and not self.closing and not self.node.draining */
+        if (fn == D.keep_alive_after && keep != NULL && is_bool(keep) && closing != NULL && is_bool(closing)) {
+            if (keep == Py_False || closing == Py_True) {
+                r = 0;
+            } else {
+                PyObject *node = SLOT(down, D.node);
+                if (node != NULL) {
+                    Py_INCREF(node);
+                    PyObject *draining = PyObject_GetAttr(node, s_draining);
+                    Py_DECREF(node);
+                    if (draining == NULL)
+                        PyErr_Clear();   /* the method raises it */
+                    else if (is_bool(draining))
+                        r = draining == Py_False;
+                    Py_XDECREF(draining);
+                }
+            }
+        }
+    }
+    if (r == -2) {
+        PyObject *res = PyObject_CallMethodOneArg(down, s_keep_alive_after, ex);
+        r = res == NULL ? -1 : PyObject_IsTrue(res);
+        Py_XDECREF(res);
+    }
+    Py_DECREF(down);
+    return r;
+}
+
+static PyObject *
+head_apply(PyObject *ex, Head *h)
+{
+    PyObject **f = h->f, *ctx = f[E_CTX];
+    /* on_headers_complete, in its order */
+    slot_put(ex, S.off[E_RESP_STATUS], h->status);
+    slot_put(ex, S.off[E_RESP_HEAD_BYTES], S.zero);
+    if (PyFloat_AS_DOUBLE(f[E_TIMER]) != 0.0) {
+        /* _clear_timer(): self.timer = 0.0; self.node.deadlines.discard(self) */
+        slot_put(ex, S.off[E_TIMER], S.zero_float);
+        PyObject *deadlines = PyObject_GetAttr(f[E_NODE], s_deadlines);
+        if (deadlines == NULL)
+            return NULL;
+        int r;
+        if (Py_IS_TYPE(deadlines, &PySet_Type)) {
+            r = PySet_Discard(deadlines, ex);
+        } else {
+            PyObject *res = PyObject_CallMethodOneArg(deadlines, s_discard, ex);
+            r = res == NULL ? -1 : 0;
+            Py_XDECREF(res);
+        }
+        Py_DECREF(deadlines);
+        if (r < 0)
+            return NULL;
+    }
+    slot_put(ctx, S.coff[C_STATUS], h->status);
+    slot_put(ctx, S.coff[C_UPSTREAM_HEADERS_AT], f[E_LAST_READ]);
+    slot_put(ex, S.off[E_RESP_KEEP_ALIVE], h->keep);
+    slot_put(ex, S.off[E_RESP_NO_BODY], h->no_body ? Py_True : Py_False);
+
+    /* _render_head(interim=False), from the framing on */
+    int out_chunked = 0, close_after = f[E_RESP_CLOSE_AFTER] == Py_True;
+    if (!h->no_body && (h->chunked || !h->has_cl)) {
+        slot_put(ex, S.off[E_RESP_CLOSE_DELIMITED], h->chunked ? Py_False : Py_True);
+        if (h->client_11) {
+            out_chunked = 1;
+            slot_put(ex, S.off[E_RESP_OUT_CHUNKED], Py_True);
+        } else {
+            close_after = 1;
+            slot_put(ex, S.off[E_RESP_CLOSE_AFTER], Py_True);
+        }
+    }
+    const char *conn = NULL;
+    int keep = close_after || f[E_BODY_COMPLETE] == Py_False ? 0 : keep_alive_after(ex);
+    if (keep < 0)
+        return NULL;
+    if (!keep) {
+        slot_put(ex, S.off[E_RESP_CLOSE_AFTER], Py_True);
+        conn = "Connection: close\r\n";
+    } else if (!h->client_11) {
+        conn = "Connection: keep-alive\r\n";
+    }
+
+    char code[32];
+    int ncode = snprintf(code, sizeof(code), "HTTP/1.1 %ld ", h->st);
+    Py_ssize_t nrid;
+    const char *rid = PyUnicode_AsUTF8AndSize(h->rid, &nrid);   /* checked: cannot fail */
+    if (rid == NULL)
+        return NULL;
+    PyObject *block = PyTuple_GET_ITEM(h->fields, 0);
+    static const char te[] = "Transfer-Encoding: chunked\r\n", xrid[] = "X-Request-Id: ";
+    Py_ssize_t nconn = conn == NULL ? 0 : (Py_ssize_t)strlen(conn);
+    Py_ssize_t len = ncode + PyBytes_GET_SIZE(h->reason) + 2 + PyBytes_GET_SIZE(block)
+        + PyBytes_GET_SIZE(h->via) + (Py_ssize_t)sizeof(xrid) - 1 + nrid + 2
+        + (out_chunked ? (Py_ssize_t)sizeof(te) - 1 : 0) + nconn + 2;
+    PyObject *head = PyBytes_FromStringAndSize(NULL, len);
+    if (head == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(head);
+#define PUT(src, n) do { memcpy(p, (src), (n)); p += (n); } while (0)
+    PUT(code, ncode);
+    PUT(PyBytes_AS_STRING(h->reason), PyBytes_GET_SIZE(h->reason));
+    PUT("\r\n", 2);
+    PUT(PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block));
+    PUT(PyBytes_AS_STRING(h->via), PyBytes_GET_SIZE(h->via));
+    PUT(xrid, sizeof(xrid) - 1);
+    PUT(rid, nrid);
+    PUT("\r\n", 2);
+    if (out_chunked)
+        PUT(te, sizeof(te) - 1);
+    if (conn != NULL)
+        PUT(conn, nconn);
+    PUT("\r\n", 2);
+#undef PUT
+
+    /* self.out.append(head): the list as it is now (keep_alive_after may have run Python code) */
+    PyObject *out = EX(ex, E_OUT);
+    int r;
+    if (out == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "'Exchange' object attribute 'out' is not set");
+        r = -1;
+    } else if (PyList_CheckExact(out)) {
+        r = PyList_Append(out, head);
+    } else {
+        Py_INCREF(out);
+        PyObject *res = PyObject_CallMethodOneArg(out, s_append, head);
+        r = res == NULL ? -1 : 0;
+        Py_XDECREF(res);
+        Py_DECREF(out);
+    }
+    Py_DECREF(head);
+    if (r < 0)
+        return NULL;
+    slot_put(ex, S.off[E_RESP_HEAD_SENT], Py_True);
+    slot_put(ex, S.off[E_HEAD_UNFLUSHED], Py_True);
+    PyObject *no_body = EX(ex, E_RESP_NO_BODY);
+    if (no_body == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "'Exchange' object attribute 'resp_no_body' is not set");
+        return NULL;
+    }
+    Py_INCREF(no_body);
+    r = PyObject_IsTrue(no_body);
+    Py_DECREF(no_body);
+    if (r < 0)
+        return NULL;
+    if (r)
+        slot_put(ex, S.off[E_RESP_COMPLETE], Py_True);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+on_headers_complete(PyObject *ex, PyObject *unused)
+{
+    if (!S.ready || Py_TYPE(ex) != S.ex_type)
+        return py_call(P_HEADERS, ex, NULL);
+    Head h;
+    memset(&h, 0, sizeof(h));
+    Py_INCREF(ex);
+    PyObject *res;
+    int r = head_prepare(ex, &h);
+    if (r <= 0) {
+        /* An error here too: Python's method raises it, after the changes it
+         * makes before its read that fails. */
+        PyErr_Clear();
+        res = py_call(P_HEADERS, ex, NULL);
+    } else {
+        res = head_apply(ex, &h);
+    }
+    head_clear(&h);
+    Py_DECREF(ex);
+    return res;
+}
+
+/* -- setup --------------------------------------------------------------------- */
+
+static PyMethodDef defs[N_PY] = {
+    {"on_message_begin", (PyCFunction)on_message_begin, METH_NOARGS,
+     "httptools callback: a response begins (proxy/_response.c)."},
+    {"on_status", (PyCFunction)on_status, METH_O,
+     "httptools callback: (part of) the reason phrase (proxy/_response.c)."},
+    {"on_headers_complete", (PyCFunction)on_headers_complete, METH_NOARGS,
+     "httptools callback: the response head is complete (proxy/_response.c)."},
+    {"on_body", (PyCFunction)on_body, METH_O,
+     "httptools callback: response body bytes (proxy/_response.c)."},
+    {"on_message_complete", (PyCFunction)on_message_complete, METH_NOARGS,
+     "httptools callback: the response is complete (proxy/_response.c)."},
+};
+
+/* setup(Exchange, RequestContext, HttpResponseParser, exchange_globals, response_fields,
+ *       render_head, clear_timer, (py_begin, py_status, py_headers, py_body, py_complete))
+ * -> (on_message_begin, on_status, on_headers_complete, on_body, on_message_complete),
+ * method descriptors for Exchange */
+static PyObject *
+setup(PyObject *self, PyObject *args)
+{
+    PyObject *ex_type, *ctx_type, *parser_type, *globals, *fields, *render_head, *clear_timer;
+    PyObject *py[N_PY];
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOO(OOOOO):setup", &PyType_Type, &ex_type, &PyType_Type,
+                          &ctx_type, &PyType_Type, &parser_type, &PyDict_Type, &globals, &fields,
+                          &render_head, &clear_timer, &py[0], &py[1], &py[2], &py[3], &py[4]))
+        return NULL;
+    if (!PyCallable_Check(fields)) {
+        PyErr_SetString(PyExc_TypeError, "setup: response_fields is not callable (the C one is needed)");
+        return NULL;
+    }
+    Py_ssize_t off[N_EX], coff[N_CTX];
+    for (int i = 0; i < N_EX; i++)
+        if (slot_offset((PyTypeObject *)ex_type, ex_names[i], &off[i]) < 0)
+            return NULL;
+    for (int i = 0; i < N_CTX; i++)
+        if (slot_offset((PyTypeObject *)ctx_type, ctx_names[i], &coff[i]) < 0)
+            return NULL;
+    if (((PyTypeObject *)ex_type)->tp_dictoffset != 0 || ((PyTypeObject *)ctx_type)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "setup: Exchange and RequestContext must have no __dict__");
+        return NULL;
+    }
+    PyObject *methods = PyTuple_New(N_PY);
+    if (methods == NULL)
+        return NULL;
+    for (int i = 0; i < N_PY; i++) {
+        PyObject *m = PyDescr_NewMethod((PyTypeObject *)ex_type, &defs[i]);
+        if (m == NULL) {
+            Py_DECREF(methods);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(methods, i, m);
+    }
+    S.ready = 0;
+    memcpy(S.off, off, sizeof(off));
+    memcpy(S.coff, coff, sizeof(coff));
+    Py_INCREF(ex_type); Py_XSETREF(S.ex_type, (PyTypeObject *)ex_type);
+    Py_INCREF(ctx_type); Py_XSETREF(S.ctx_type, (PyTypeObject *)ctx_type);
+    Py_INCREF(parser_type); Py_XSETREF(S.parser_type, (PyTypeObject *)parser_type);
+    Py_INCREF(globals); Py_XSETREF(S.globals, globals);
+    Py_INCREF(fields); Py_XSETREF(S.fields, fields);
+    Py_INCREF(render_head); Py_XSETREF(S.render_head, render_head);
+    Py_INCREF(clear_timer); Py_XSETREF(S.clear_timer, clear_timer);
+    for (int i = 0; i < N_PY; i++) {
+        Py_INCREF(py[i]);
+        Py_XSETREF(S.py[i], py[i]);
+    }
+    S.ready = 1;
+    return methods;
+}
+
+/* setup_down(Downstream, keep_alive_after): down.keep_alive_after(ex) inlined
+ * for a Downstream whose method is still that function */
+static PyObject *
+setup_down(PyObject *self, PyObject *args)
+{
+    PyObject *down_type, *fn;
+    if (!PyArg_ParseTuple(args, "O!O:setup_down", &PyType_Type, &down_type, &fn))
+        return NULL;
+    Py_ssize_t closing, node;
+    if (slot_offset((PyTypeObject *)down_type, "closing", &closing) < 0
+        || slot_offset((PyTypeObject *)down_type, "node", &node) < 0)
+        return NULL;
+    if (((PyTypeObject *)down_type)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "setup_down: Downstream must have no __dict__");
+        return NULL;
+    }
+    D.ready = 0;
+    D.closing = closing;
+    D.node = node;
+    Py_INCREF(down_type); Py_XSETREF(D.type, (PyTypeObject *)down_type);
+    Py_INCREF(fn); Py_XSETREF(D.keep_alive_after, fn);
+    D.ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"setup", setup, METH_VARARGS,
+     "setup(Exchange, RequestContext, HttpResponseParser, globals, response_fields, render_head, "
+     "clear_timer, py_methods): the C callbacks, as methods of Exchange."},
+    {"setup_down", setup_down, METH_VARARGS,
+     "setup_down(Downstream, keep_alive_after): inline Downstream.keep_alive_after."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_response", "Exchange's response callbacks in C (see _response.c).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__response(void)
+{
+    struct { PyObject **p; const char *s; } names[] = {
+        {&s_get_status_code, "get_status_code"}, {&s_should_keep_alive, "should_keep_alive"},
+        {&s_via_header, "via_header"}, {&s_snapshot, "snapshot"}, {&s_config, "config"},
+        {&s_debug_headers, "debug_headers"}, {&s_deadlines, "deadlines"}, {&s_discard, "discard"},
+        {&s_trusted_peer, "trusted_peer"}, {&s_keep_alive_after, "keep_alive_after"},
+        {&s_draining, "draining"}, {&s_fields_name, "_response_fields"}, {&s_reasons, "REASONS"},
+        {&s_render_head, "_render_head"}, {&s_clear_timer, "_clear_timer"}, {&s_append, "append"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)
+            return NULL;
+    if (S.zero == NULL && ((S.zero = PyLong_FromLong(0)) == NULL || (S.zero_float = PyFloat_FromDouble(0.0)) == NULL))
+        return NULL;
+    return PyModule_Create(&module);
+}
