@@ -770,3 +770,21 @@ from .exchange import _c_response as _response_c  # noqa: E402
 
 if _response_c is not None:
     attach("proxy._response", lambda c: c.setup_down(Downstream, Downstream.keep_alive_after))
+
+
+# --- C: the request head's callbacks (proxy/_request.c) ---
+# on_url, on_message_begin, on_headers_complete and on_message_complete in C
+# when it was built: the same steps on the same attributes; each hands its
+# Python method (kept as _<name>_py, the reference) what it does not handle
+# (a URL over the limit, a dead connection, no exchange, odd types).
+Downstream._on_url_py = Downstream.on_url                              # type: ignore[attr-defined]
+Downstream._on_message_begin_py = Downstream.on_message_begin          # type: ignore[attr-defined]
+Downstream._on_headers_complete_py = Downstream.on_headers_complete    # type: ignore[attr-defined]
+Downstream._on_message_complete_py = Downstream.on_message_complete    # type: ignore[attr-defined]
+_request_c = attach("proxy._request", lambda c: c.setup_down(
+    Downstream, Exchange, globals(), WAITING, Downstream._on_url_py,  # type: ignore[attr-defined]
+    Downstream._on_message_begin_py, Downstream._on_headers_complete_py,  # type: ignore[attr-defined]
+    Downstream._on_message_complete_py))  # type: ignore[attr-defined]
+if _request_c is not None:
+    (Downstream.on_url, Downstream.on_message_begin,  # type: ignore[method-assign]
+     Downstream.on_headers_complete, Downstream.on_message_complete) = _request_c  # type: ignore[method-assign]

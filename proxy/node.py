@@ -432,4 +432,26 @@ class NodeHooks:
         return None
 
 
+# --- C: Node.head_complete's common case (proxy/_request.c) ---
+# A connection that is not a trusted peer: the same steps in C, calling
+# check_head, split_host, hooks.forward_headers and build_upstream_head as
+# they are; the RequestContext made from a template of one __init__ made.
+# The Python method stays the reference (_head_complete_py) and takes the rest.
+from ._accel import attach  # noqa: E402
+
+Node._head_complete_py = Node.head_complete   # type: ignore[attr-defined]
+
+
+def _setup_request_c(c: Any) -> Any:
+    stand_ins = tuple(object() for _ in range(12))
+    return c.setup_node(Node, globals(), Node._head_complete_py, Node.next_request_id,  # type: ignore[attr-defined]
+                        type(itertools.count()), RequestContext, RequestContext(*stand_ins),  # type: ignore[arg-type]
+                        stand_ins)
+
+
+_head_complete_c = attach("proxy._request", _setup_request_c)
+if _head_complete_c is not None:
+    Node.head_complete = _head_complete_c  # type: ignore[method-assign]
+
+
 __all__ = ["Node", "NodeHooks", "Listener", "Reject"]

@@ -1,0 +1,1126 @@
+/* proxy._request: the request head's completion in C: Downstream.on_url,
+ * on_message_begin, on_headers_complete, on_message_complete and
+ * Node.head_complete's common case.
+ *
+ * Why C: together these cost ~2 us of Python per request (synthetic
+ * harness, /tmp/prof/synth.py): a dozen attribute reads and writes, the
+ * RequestContext's __init__ (26 slots), the request id, the target's
+ * split. The C does the same steps in the same order, reading and writing
+ * the same attributes, and calls whatever is Python as Python, through
+ * normal attribute or global look-up: the parser's getters, Node.head_complete
+ * (from on_headers_complete), check_head, split_host, next_request_id when
+ * it is not Node's own, hooks.forward_headers, build_upstream_head,
+ * Downstream._activate, Exchange.request_done, Downstream.pause_reading and
+ * the module's _new_exchange.
+ *
+ * Contract: each C method hands its Python method (kept as _on_url_py,
+ * _on_message_begin_py, _on_headers_complete_py, _on_message_complete_py,
+ * Node._head_complete_py; they are the reference) every call that is not
+ * the common case, before anything is changed:
+ *   - on_url: a URL piece that takes the target over max_request_line (the
+ *     Python method raises the 414), no exchange, anything of an unexpected
+ *     type (a bytes subclass, a non-int count...);
+ *   - on_message_begin: a dead connection (the Python method raises
+ *     _StopParsing), no _new_exchange global;
+ *   - on_headers_complete, on_message_complete: no exchange being parsed
+ *     (the Python method's assert), no parser;
+ *   - head_complete: a trusted peer (X-Forwarded-For is believed: Python),
+ *     a connection or exchange that is not exactly a Downstream/Exchange.
+ * Every method also hands over a call with keywords or the wrong number of
+ * arguments (Python raises the TypeError), and a self of a subclass.
+ * Errors raised by what the C calls propagate as they would from Python,
+ * with the same state changed before them; the C itself raises only
+ * Python's own errors (AttributeError for an unset slot, NameError for a
+ * missing global, the unpacking ValueErrors). The RequestContext is made
+ * from a template read off one made by __init__ (as _hotpath.c's
+ * new_exchange), unless RequestContext, its __init__ or __new__ changed
+ * since: then the type is called.
+ * tests/unit/test_request_head_c.py feeds both versions the same random
+ * request heads through real httptools parsers and compares everything.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+static int
+slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off)
+{
+    PyObject *d = PyDict_GetItemString(type->tp_dict, name);
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+        || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "setup: %s.%s is not an object slot", type->tp_name, name);
+        return -1;
+    }
+    *off = ((PyMemberDescrObject *)d)->d_member->offset;
+    return 0;
+}
+
+/* set an object slot, owning (stealing) the new value */
+static void
+slot_set(PyObject *obj, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old = SLOT(obj, off);
+    SLOT(obj, off) = v;
+    Py_XDECREF(old);
+}
+
+/* -- the slots used, resolved once by setup_down ------------------------------ */
+
+enum { D_PARSING, D_PARSER, D_DEAD, D_HEAD_STARTED_AT, D_LAST_ACTIVE, D_BODY_LAST, D_CURRENT,
+       D_PARSED, D_NODE, D_QUEUE, D_HOST_SEEN, D_HOST_NAME, D_CLIENT_IP, D_GEO, D_TRUSTED_PEER,
+       D_CLIENT_PORT, D_LISTENER, D_FWD_MEMO, N_D };
+static const char *d_names[N_D] = {
+    "parsing", "parser", "dead", "head_started_at", "last_active", "body_last", "current",
+    "parsed", "node", "queue", "host_seen", "host_name", "client_ip", "geo", "trusted_peer",
+    "client_port", "listener", "fwd_memo"};
+
+enum { E_URL, E_HEADER_BYTES, E_URL_LEN, E_LIMITS, E_VERSION, E_METHOD, E_KEEP_ALIVE,
+       E_DECLARED_LEN, E_CHUNKED, E_BODY_COMPLETE, E_STATE, E_HOST_VALUE, E_HEADERS, E_CTX,
+       E_REQ_HEAD, N_E };
+static const char *e_names[N_E] = {
+    "url", "header_bytes", "url_len", "limits", "version", "method", "keep_alive",
+    "declared_len", "chunked", "body_complete", "state", "host_value", "headers", "ctx",
+    "req_head"};
+
+static struct {
+    int ready;
+    PyTypeObject *down_type, *ex_type;
+    Py_ssize_t doff[N_D], eoff[N_E];
+    PyObject *dname[N_D], *ename[N_E];   /* interned, for Python's own errors */
+    PyObject *globals;                   /* downstream.py's module dict */
+    PyObject *waiting;                   /* exchange.WAITING */
+    PyObject *py_on_url, *py_begin, *py_headers_complete, *py_message_complete;
+} S;
+
+/* strings and constants, made at import */
+static PyObject *s_new_exchange, *s_max_request_line, *s_get_http_version, *s_get_method,
+    *s_should_keep_alive, *s_head_complete, *s_activate, *s_append, *s_pause_reading,
+    *s_pipelined, *s_request_done, *s_decode, *s_partition, *s_encode, *s_latin1,
+    *s_check_head, *s_split_host, *s_request_context, *s_build_upstream_head,
+    *s_next_request_id, *s_id_prefix, *s_ids, *s_started, *s_hooks, *s_header_actions,
+    *s_forward_headers, *s_name, *s_scheme, *s_client_from_xff, *s_snapshot,
+    *s_is_trusted_proxy, *s_geo_lookup, *s_format, *s_next, *s_init, *s_slots,
+    *kw_parsing, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
+
+/* obj.<slot>, owned: an unset slot raises what Python raises */
+static PyObject *
+dget(PyObject *down, int i)
+{
+    PyObject *v = SLOT(down, S.doff[i]);
+    if (v != NULL)
+        return Py_NewRef(v);
+    return PyObject_GetAttr(down, S.dname[i]);
+}
+
+/* ex.<attr>, owned, for an exchange of any type */
+static PyObject *
+eget(PyObject *ex, int i)
+{
+    if (Py_TYPE(ex) == S.ex_type) {
+        PyObject *v = SLOT(ex, S.eoff[i]);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(ex, S.ename[i]);
+}
+
+/* ex.<attr> = v, stealing v; -1 on error */
+static int
+eset(PyObject *ex, int i, PyObject *v)
+{
+    if (Py_TYPE(ex) == S.ex_type) {
+        slot_set(ex, S.eoff[i], v);
+        return 0;
+    }
+    int r = PyObject_SetAttr(ex, S.ename[i], v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* the Python method, with the call's own arguments (self first) */
+static PyObject *
+call_py(PyObject *func, PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **stack = small;
+    if (total + 1 > 8 && (stack = PyMem_Malloc((total + 1) * sizeof(PyObject *))) == NULL)
+        return PyErr_NoMemory();
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++)
+        stack[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(func, stack, nargs + 1, kwnames);
+    if (stack != small)
+        PyMem_Free(stack);
+    return r;
+}
+
+/* a module global as Python's LOAD_GLOBAL finds it, owned */
+static PyObject *
+global(PyObject *globals, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError(globals, name);
+    if (v != NULL)
+        return Py_NewRef(v);
+    if (PyErr_Occurred())
+        return NULL;
+    v = PyDict_GetItemWithError(PyEval_GetBuiltins(), name);
+    if (v != NULL)
+        return Py_NewRef(v);
+    if (!PyErr_Occurred())
+        PyErr_Format(PyExc_NameError, "name '%U' is not defined", name);
+    return NULL;
+}
+
+#define FAST_SELF(self) (S.ready && Py_TYPE(self) == S.down_type)
+
+/* -- Downstream.on_url ------------------------------------------------------------
+ * The target, piece by piece: kept, counted in url_len and header_bytes. */
+static PyObject *
+on_url(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!FAST_SELF(self) || kwnames != NULL || nargs != 1 || !PyBytes_CheckExact(args[0]))
+        goto python;
+    PyObject *url = args[0];
+    PyObject *ex = SLOT(self, S.doff[D_PARSING]);
+    if (ex == NULL || Py_TYPE(ex) != S.ex_type)
+        goto python;
+    PyObject *limits = SLOT(ex, S.eoff[E_LIMITS]);
+    if (limits == NULL)
+        goto python;
+    /* the limit first (Python reads it last): the only look-up that could run
+     * Python code; the slots are read after it, the exchange owned meanwhile */
+    Py_INCREF(ex);
+    Py_INCREF(limits);
+    PyObject *m = PyObject_GetAttr(limits, s_max_request_line);
+    Py_DECREF(limits);
+    Py_ssize_t max_line = -1;
+    if (m == NULL)
+        PyErr_Clear();
+    else {
+        if (PyLong_CheckExact(m) && (max_line = PyLong_AsSsize_t(m)) == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        Py_DECREF(m);
+    }
+    PyObject *urls = SLOT(ex, S.eoff[E_URL]), *hb = SLOT(ex, S.eoff[E_HEADER_BYTES]),
+        *ul = SLOT(ex, S.eoff[E_URL_LEN]);
+    int odd = max_line < 0 || SLOT(self, S.doff[D_PARSING]) != ex || urls == NULL || hb == NULL
+        || ul == NULL || !PyList_CheckExact(urls) || !PyLong_CheckExact(hb) || !PyLong_CheckExact(ul);
+    Py_ssize_t header_bytes = 0, url_len = 0, n = PyBytes_GET_SIZE(url);
+    if (!odd) {
+        header_bytes = PyLong_AsSsize_t(hb);
+        url_len = PyLong_AsSsize_t(ul);
+        if ((header_bytes == -1 || url_len == -1) && PyErr_Occurred()) {
+            PyErr_Clear();
+            odd = 1;
+        }
+    }
+    if (odd || header_bytes < 0 || url_len < 0 || __builtin_add_overflow(header_bytes, n, &header_bytes)
+        || __builtin_add_overflow(url_len, n, &url_len) || url_len > max_line) {
+        Py_DECREF(ex);
+        goto python;   /* over the limit: Python raises the 414 */
+    }
+    Py_INCREF(urls);   /* (nothing below runs Python code: insurance) */
+    PyObject *nb = PyLong_FromSsize_t(header_bytes), *nl = PyLong_FromSsize_t(url_len);
+    if (nb == NULL || nl == NULL || PyList_Append(urls, url) < 0) {
+        Py_XDECREF(nb);
+        Py_XDECREF(nl);
+        Py_DECREF(urls);
+        Py_DECREF(ex);
+        return NULL;
+    }
+    Py_DECREF(urls);
+    slot_set(ex, S.eoff[E_HEADER_BYTES], nb);
+    slot_set(ex, S.eoff[E_URL_LEN], nl);
+    Py_DECREF(ex);
+    Py_RETURN_NONE;
+python:
+    return call_py(S.py_on_url, self, args, nargs, kwnames);
+}
+
+/* -- Downstream.on_message_begin ------------------------------------------------ */
+static PyObject *
+on_message_begin(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!FAST_SELF(self) || kwnames != NULL || nargs != 0 || SLOT(self, S.doff[D_DEAD]) != Py_False)
+        goto python;   /* dead: Python raises _StopParsing */
+    PyObject *make = PyDict_GetItemWithError(S.globals, s_new_exchange);
+    if (make == NULL) {
+        PyErr_Clear();
+        goto python;
+    }
+    Py_INCREF(make);
+    PyObject *ex = PyObject_CallOneArg(make, self);
+    Py_DECREF(make);
+    if (ex == NULL)
+        return NULL;
+    slot_set(self, S.doff[D_PARSING], ex);
+    PyObject *started = dget(self, D_HEAD_STARTED_AT);
+    if (started == NULL)
+        return NULL;
+    int t = PyObject_IsTrue(started);
+    Py_DECREF(started);
+    if (t < 0)
+        return NULL;
+    if (!t) {
+        PyObject *last = dget(self, D_LAST_ACTIVE);
+        if (last == NULL)
+            return NULL;
+        slot_set(self, S.doff[D_HEAD_STARTED_AT], last);
+    }
+    PyObject *cur = dget(self, D_CURRENT);
+    if (cur == NULL)
+        return NULL;
+    Py_DECREF(cur);
+    if (cur != Py_None) {   /* pipelined: hold further bytes until this one's turn */
+        PyObject *a[2] = {self, s_pipelined};
+        PyObject *r = PyObject_VectorcallMethod(s_pause_reading, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+python:
+    return call_py(S.py_begin, self, args, nargs, kwnames);
+}
+
+/* -- Downstream.on_headers_complete ----------------------------------------------- */
+static PyObject *headers_complete(PyObject *self, PyObject *ex, PyObject *parser);
+
+static PyObject *
+on_headers_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!FAST_SELF(self) || kwnames != NULL || nargs != 0)
+        goto python;
+    PyObject *ex = SLOT(self, S.doff[D_PARSING]), *parser = SLOT(self, S.doff[D_PARSER]);
+    if (ex == NULL || ex == Py_None || parser == NULL || parser == Py_None)
+        goto python;   /* Python's asserts */
+    Py_INCREF(ex);
+    Py_INCREF(parser);
+    PyObject *r = headers_complete(self, ex, parser);
+    Py_DECREF(ex);
+    Py_DECREF(parser);
+    return r;
+python:
+    return call_py(S.py_headers_complete, self, args, nargs, kwnames);
+}
+
+static PyObject *
+call_method0(PyObject *obj, PyObject *name)
+{
+    return PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyObject *
+headers_complete(PyObject *self, PyObject *ex, PyObject *parser)
+{
+    slot_set(self, S.doff[D_HEAD_STARTED_AT], Py_NewRef(f_zero));
+    PyObject *v = dget(self, D_LAST_ACTIVE);
+    if (v == NULL)
+        return NULL;
+    slot_set(self, S.doff[D_BODY_LAST], v);
+    if ((v = call_method0(parser, s_get_http_version)) == NULL || eset(ex, E_VERSION, v) < 0)
+        return NULL;
+    PyObject *m = call_method0(parser, s_get_method);
+    if (m == NULL)
+        return NULL;
+    if (PyBytes_CheckExact(m))
+        v = PyUnicode_DecodeASCII(PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m), "replace");
+    else
+        v = PyObject_CallMethod(m, "decode", "ss", "ascii", "replace");
+    Py_DECREF(m);
+    if (v == NULL || eset(ex, E_METHOD, v) < 0)
+        return NULL;
+    if ((v = call_method0(parser, s_should_keep_alive)) == NULL || eset(ex, E_KEEP_ALIVE, v) < 0)
+        return NULL;
+    /* validates; raises Reject on a bad head */
+    PyObject *node = dget(self, D_NODE);
+    if (node == NULL)
+        return NULL;
+    PyObject *a[3] = {node, self, ex};
+    v = PyObject_VectorcallMethod(s_head_complete, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(node);
+    if (v == NULL)
+        return NULL;
+    Py_DECREF(v);
+    /* no body: the message is complete now */
+    PyObject *declared = eget(ex, E_DECLARED_LEN);
+    if (declared == NULL)
+        return NULL;
+    int t;
+    if (PyLong_CheckExact(declared))
+        t = Py_SIZE(declared) <= 0;   /* the sign of an int */
+    else {
+        PyObject *c = PyObject_RichCompare(declared, i_zero, Py_LE);
+        t = c == NULL ? -1 : PyObject_IsTrue(c);
+        Py_XDECREF(c);
+    }
+    Py_DECREF(declared);
+    if (t < 0)
+        return NULL;
+    if (t) {
+        PyObject *chunked = eget(ex, E_CHUNKED);
+        if (chunked == NULL)
+            return NULL;
+        t = PyObject_IsTrue(chunked);
+        Py_DECREF(chunked);
+        if (t < 0 || (!t && eset(ex, E_BODY_COMPLETE, Py_NewRef(Py_True)) < 0))
+            return NULL;
+    }
+    PyObject *cur = dget(self, D_CURRENT);
+    if (cur == NULL)
+        return NULL;
+    Py_DECREF(cur);
+    if (cur == Py_None) {
+        PyObject *b[3] = {self, ex, Py_True};
+        v = PyObject_VectorcallMethod(s_activate, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_parsing);
+    } else {
+        if (eset(ex, E_STATE, Py_NewRef(S.waiting)) < 0)
+            return NULL;
+        PyObject *queue = dget(self, D_QUEUE);
+        if (queue == NULL)
+            return NULL;
+        PyObject *b[2] = {queue, ex};
+        v = PyObject_VectorcallMethod(s_append, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(queue);
+    }
+    if (v == NULL)
+        return NULL;
+    Py_DECREF(v);
+    Py_RETURN_NONE;
+}
+
+/* -- Downstream.on_message_complete ------------------------------------------------ */
+static PyObject *
+on_message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!FAST_SELF(self) || kwnames != NULL || nargs != 0)
+        goto python;
+    PyObject *ex = SLOT(self, S.doff[D_PARSING]);
+    if (ex == NULL || ex == Py_None)
+        goto python;   /* Python's assert */
+    Py_INCREF(ex);
+    PyObject *r = NULL;
+    slot_set(self, S.doff[D_BODY_LAST], Py_NewRef(f_zero));
+    slot_set(self, S.doff[D_PARSING], Py_NewRef(Py_None));
+    PyObject *parsed = dget(self, D_PARSED);
+    if (parsed == NULL)
+        goto done;
+    PyObject *n = PyNumber_InPlaceAdd(parsed, i_one);
+    Py_DECREF(parsed);
+    if (n == NULL)
+        goto done;
+    slot_set(self, S.doff[D_PARSED], n);
+    PyObject *cur = dget(self, D_CURRENT);
+    if (cur == NULL)
+        goto done;
+    Py_DECREF(cur);
+    if (ex == cur) {
+        r = call_method0(ex, s_request_done);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    } else if (eset(ex, E_BODY_COMPLETE, Py_NewRef(Py_True)) < 0)
+        goto done;
+    r = Py_NewRef(Py_None);
+done:
+    Py_DECREF(ex);
+    return r;
+python:
+    return call_py(S.py_message_complete, self, args, nargs, kwnames);
+}
+
+#define METHOD(name, fn, doc) \
+    {name, (PyCFunction)(void (*)(void))fn, METH_FASTCALL | METH_KEYWORDS, doc}
+
+static PyMethodDef on_url_def = METHOD("on_url", on_url,
+    "httptools callback: a piece of the request target (proxy/_request.c).");
+static PyMethodDef begin_def = METHOD("on_message_begin", on_message_begin,
+    "httptools callback: a request starts (proxy/_request.c).");
+static PyMethodDef headers_complete_def = METHOD("on_headers_complete", on_headers_complete,
+    "httptools callback: the request head is complete (proxy/_request.c).");
+static PyMethodDef message_complete_def = METHOD("on_message_complete", on_message_complete,
+    "httptools callback: the request message is complete (proxy/_request.c).");
+
+/* setup_down(Downstream, Exchange, downstream_globals, WAITING, py_on_url,
+ *            py_on_message_begin, py_on_headers_complete, py_on_message_complete)
+ * -> (on_url, on_message_begin, on_headers_complete, on_message_complete),
+ * method descriptors for Downstream */
+static PyObject *
+setup_down(PyObject *module, PyObject *args)
+{
+    PyObject *down_type, *ex_type, *globals, *waiting, *py[4];
+    if (!PyArg_ParseTuple(args, "O!O!O!OOOOO:setup_down", &PyType_Type, &down_type, &PyType_Type,
+                          &ex_type, &PyDict_Type, &globals, &waiting, &py[0], &py[1], &py[2], &py[3]))
+        return NULL;
+    Py_ssize_t doff[N_D], eoff[N_E];
+    PyObject *dname[N_D], *ename[N_E];
+    for (int i = 0; i < N_D; i++)
+        if (slot_offset((PyTypeObject *)down_type, d_names[i], &doff[i]) < 0)
+            return NULL;
+    for (int i = 0; i < N_E; i++)
+        if (slot_offset((PyTypeObject *)ex_type, e_names[i], &eoff[i]) < 0)
+            return NULL;
+    /* Downstream's slots must be all its storage: no __dict__ to shadow one */
+    if (((PyTypeObject *)down_type)->tp_dictoffset != 0 || ((PyTypeObject *)ex_type)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "setup_down: Downstream and Exchange must have no __dict__");
+        return NULL;
+    }
+    for (int i = 0; i < N_D; i++)
+        if ((dname[i] = PyUnicode_InternFromString(d_names[i])) == NULL)
+            return NULL;   /* (the few interned names made before are immortal enough) */
+    for (int i = 0; i < N_E; i++)
+        if ((ename[i] = PyUnicode_InternFromString(e_names[i])) == NULL)
+            return NULL;
+    PyObject *descrs = PyTuple_New(4);
+    if (descrs == NULL)
+        return NULL;
+    PyMethodDef *defs[4] = {&on_url_def, &begin_def, &headers_complete_def, &message_complete_def};
+    for (int i = 0; i < 4; i++) {
+        PyObject *d = PyDescr_NewMethod((PyTypeObject *)down_type, defs[i]);
+        if (d == NULL) {
+            Py_DECREF(descrs);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(descrs, i, d);
+    }
+    S.ready = 0;
+    memcpy(S.doff, doff, sizeof(doff));
+    memcpy(S.eoff, eoff, sizeof(eoff));
+    for (int i = 0; i < N_D; i++)
+        Py_XSETREF(S.dname[i], dname[i]);
+    for (int i = 0; i < N_E; i++)
+        Py_XSETREF(S.ename[i], ename[i]);
+    Py_INCREF(down_type); Py_XSETREF(S.down_type, (PyTypeObject *)down_type);
+    Py_INCREF(ex_type); Py_XSETREF(S.ex_type, (PyTypeObject *)ex_type);
+    Py_INCREF(globals); Py_XSETREF(S.globals, globals);
+    Py_INCREF(waiting); Py_XSETREF(S.waiting, waiting);
+    Py_INCREF(py[0]); Py_XSETREF(S.py_on_url, py[0]);
+    Py_INCREF(py[1]); Py_XSETREF(S.py_begin, py[1]);
+    Py_INCREF(py[2]); Py_XSETREF(S.py_headers_complete, py[2]);
+    Py_INCREF(py[3]); Py_XSETREF(S.py_message_complete, py[3]);
+    S.ready = 1;
+    return descrs;
+}
+
+/* -- RequestContext(...) from a template ---------------------------------------------
+ * RequestContext.__init__ stores its 12 arguments and 14 constants: ~0.7 us
+ * of Python. The template, read off one context that __init__ made from 12
+ * distinct stand-in arguments, says for each slot which argument it holds, or
+ * the constant, or that it gets a new empty list. */
+
+enum { C_ARG, C_CONST, C_LIST, C_UNSET };
+#define MAX_CTX 64
+#define N_CTX_ARGS 12
+
+static struct {
+    int ready;
+    PyTypeObject *type;
+    PyObject *init;          /* RequestContext.__dict__["__init__"] at setup */
+    newfunc tp_new;
+    initproc tp_init;
+    int n;
+    Py_ssize_t off[MAX_CTX];
+    int kind[MAX_CTX], arg[MAX_CTX];
+    PyObject *value[MAX_CTX];
+} T;
+
+static int
+immutable(PyObject *o)
+{
+    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) || PyFloat_CheckExact(o)
+        || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o))
+        return 1;
+    if (PyTuple_CheckExact(o)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); i++)
+            if (!immutable(PyTuple_GET_ITEM(o, i)))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* Is the template still the type's __init__? */
+static int
+template_fits(PyObject *type)
+{
+    if (!T.ready || type != (PyObject *)T.type || T.type->tp_new != T.tp_new || T.type->tp_init != T.tp_init)
+        return 0;
+    PyObject *init = PyDict_GetItemWithError(T.type->tp_dict, s_init);
+    if (init == NULL)
+        PyErr_Clear();
+    return init == T.init;
+}
+
+static PyObject *
+template_new(PyObject *const *args)
+{
+    PyObject *obj = T.type->tp_alloc(T.type, 0);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < T.n; i++) {
+        PyObject *v;
+        switch (T.kind[i]) {
+        case C_ARG: v = Py_NewRef(args[T.arg[i]]); break;
+        case C_CONST: v = Py_NewRef(T.value[i]); break;
+        case C_LIST: v = PyList_New(0); break;
+        default: continue;   /* C_UNSET */
+        }
+        if (v == NULL) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        SLOT(obj, T.off[i]) = v;   /* NULL in a new object */
+    }
+    return obj;
+}
+
+/* new_context(*12 args): the C RequestContext(...) (for the tests) */
+static PyObject *
+new_context(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!T.ready || nargs != N_CTX_ARGS) {
+        PyErr_SetString(PyExc_TypeError, "new_context: not set up, or not 12 arguments");
+        return NULL;
+    }
+    return template_new(args);
+}
+
+static int
+setup_template(PyObject *type, PyObject *tpl, PyObject *stand_ins)
+{
+    PyTypeObject *t = (PyTypeObject *)type;
+    T.ready = 0;   /* a failed setup leaves no template */
+    if (Py_TYPE(tpl) != t || !PyTuple_CheckExact(stand_ins) || PyTuple_GET_SIZE(stand_ins) != N_CTX_ARGS
+        || t->tp_dictoffset != 0 || t->tp_base != &PyBaseObject_Type) {
+        PyErr_SetString(PyExc_TypeError, "setup_node: the context template does not fit");
+        return -1;
+    }
+    PyObject *slots = PyDict_GetItemWithError(t->tp_dict, s_slots);
+    if (slots == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "setup_node: RequestContext has no __slots__");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(slots, "__slots__ is not a sequence");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int used[N_CTX_ARGS] = {0};
+    if (n > MAX_CTX) {
+        PyErr_SetString(PyExc_ValueError, "setup_node: too many slots");
+        goto fail;
+    }
+    for (int i = 0; i < T.n; i++)
+        Py_CLEAR(T.value[i]);
+    T.n = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "setup_node: a slot name is not a str");
+            goto fail;
+        }
+        const char *cname = PyUnicode_AsUTF8(name);
+        if (cname == NULL || slot_offset(t, cname, &T.off[i]) < 0)
+            goto fail;
+        PyObject *v = SLOT(tpl, T.off[i]);
+        T.value[i] = NULL;
+        T.arg[i] = -1;
+        int k;
+        for (k = 0; k < N_CTX_ARGS; k++)
+            if (v == PyTuple_GET_ITEM(stand_ins, k))
+                break;
+        if (v == NULL)
+            T.kind[i] = C_UNSET;
+        else if (k < N_CTX_ARGS) {
+            T.kind[i] = C_ARG;
+            T.arg[i] = k;
+            used[k]++;
+        } else if (PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0)
+            T.kind[i] = C_LIST;
+        else if (immutable(v)) {
+            T.kind[i] = C_CONST;
+            T.value[i] = Py_NewRef(v);
+        } else {
+            PyErr_Format(PyExc_TypeError, "setup_node: slot %U holds a %s, which a template cannot copy",
+                         name, Py_TYPE(v)->tp_name);
+            goto fail;
+        }
+        T.n = (int)i + 1;
+    }
+    for (int k = 0; k < N_CTX_ARGS; k++)
+        if (used[k] != 1) {
+            PyErr_Format(PyExc_TypeError, "setup_node: argument %d is kept in %d slots", k, used[k]);
+            goto fail;
+        }
+    Py_DECREF(seq);
+    PyObject *init = PyDict_GetItemWithError(t->tp_dict, s_init);
+    if (init == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "setup_node: RequestContext has no __init__ of its own");
+        goto fail_seqless;
+    }
+    Py_INCREF(init); Py_XSETREF(T.init, init);
+    Py_INCREF(type); Py_XSETREF(T.type, t);
+    T.tp_new = t->tp_new;
+    T.tp_init = t->tp_init;
+    T.ready = 1;
+    return 0;
+fail:
+    Py_DECREF(seq);
+fail_seqless:
+    for (int i = 0; i < T.n; i++)
+        Py_CLEAR(T.value[i]);
+    T.n = 0;
+    return -1;
+}
+
+/* -- Node.head_complete --------------------------------------------------------------- */
+
+static struct {
+    int ready;
+    PyObject *globals;            /* node.py's module dict */
+    PyObject *py_head_complete;   /* Node._head_complete_py */
+    PyObject *next_rid;           /* Node.next_request_id (the function) */
+    PyTypeObject *count_type;     /* itertools.count */
+} N;
+
+/* node.next_request_id(): Node's own is done here, anything else is called */
+static PyObject *
+next_request_id(PyObject *node)
+{
+    PyObject *m = PyObject_GetAttr(node, s_next_request_id);
+    if (m == NULL)
+        return NULL;
+    if (!PyMethod_Check(m) || PyMethod_GET_FUNCTION(m) != N.next_rid || PyMethod_GET_SELF(m) != node
+        || PyDict_GetItemWithError(N.globals, s_format) != NULL
+        || PyDict_GetItemWithError(N.globals, s_next) != NULL)
+        goto call;
+    if (PyErr_Occurred())
+        goto fail;
+    /* self._id_prefix + format(next(self._ids), "x") */
+    PyObject *prefix = PyObject_GetAttr(node, s_id_prefix);
+    if (prefix == NULL)
+        goto fail;
+    PyObject *ids = PyObject_GetAttr(node, s_ids);
+    if (ids == NULL) {
+        Py_DECREF(prefix);
+        goto fail;
+    }
+    if (!PyUnicode_CheckExact(prefix) || !PyUnicode_IS_COMPACT_ASCII(prefix) || Py_TYPE(ids) != N.count_type) {
+        Py_DECREF(prefix);
+        Py_DECREF(ids);
+        goto call;   /* (attribute reads only so far: Python reads them again) */
+    }
+    PyObject *n = Py_TYPE(ids)->tp_iternext(ids);
+    Py_DECREF(ids);
+    if (n == NULL) {
+        Py_DECREF(prefix);
+        if (!PyErr_Occurred())
+            PyErr_SetNone(PyExc_StopIteration);
+        goto fail;
+    }
+    PyObject *r = NULL;
+    int overflow;
+    long long v = PyLong_CheckExact(n) ? PyLong_AsLongLongAndOverflow(n, &overflow) : -1;
+    if (v >= 0 && !overflow) {
+        char buf[24];   /* format(v, "x"): lower-case hex digits, no prefix */
+        int len = 0;
+        do {
+            buf[sizeof(buf) - 1 - len++] = "0123456789abcdef"[v & 15];
+            v >>= 4;
+        } while (v);
+        Py_ssize_t plen = PyUnicode_GET_LENGTH(prefix);
+        if ((r = PyUnicode_New(plen + len, 127)) != NULL) {
+            memcpy(PyUnicode_1BYTE_DATA(r), PyUnicode_1BYTE_DATA(prefix), plen);
+            memcpy(PyUnicode_1BYTE_DATA(r) + plen, buf + sizeof(buf) - len, len);
+        }
+    } else {
+        PyErr_Clear();
+        PyObject *x = PyUnicode_FromString("x"), *s = NULL;
+        if (x != NULL && (s = PyObject_Format(n, x)) != NULL)
+            r = PyNumber_Add(prefix, s);
+        Py_XDECREF(x);
+        Py_XDECREF(s);
+    }
+    Py_DECREF(n);
+    Py_DECREF(prefix);
+    Py_DECREF(m);
+    return r;
+call:
+    {
+        PyObject *r = PyObject_CallNoArgs(m);
+        Py_DECREF(m);
+        return r;
+    }
+fail:
+    Py_DECREF(m);
+    return NULL;
+}
+
+/* `a, b[, c] = seq`, with Python 3.11's errors */
+static int
+unpack(PyObject *seq, Py_ssize_t n, PyObject **out)
+{
+    if (PyTuple_CheckExact(seq) && PyTuple_GET_SIZE(seq) == n) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            out[i] = Py_NewRef(PyTuple_GET_ITEM(seq, i));
+        return 0;
+    }
+    PyObject *it = PyObject_GetIter(seq);
+    if (it == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) && Py_TYPE(seq)->tp_iter == NULL && !PySequence_Check(seq)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "cannot unpack non-iterable %.200s object", Py_TYPE(seq)->tp_name);
+        }
+        return -1;
+    }
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        if ((out[i] = PyIter_Next(it)) == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "not enough values to unpack (expected %zd, got %zd)", n, i);
+            goto fail;
+        }
+    }
+    PyObject *extra = PyIter_Next(it);
+    if (extra == NULL && !PyErr_Occurred()) {
+        Py_DECREF(it);
+        return 0;
+    }
+    if (extra != NULL) {
+        Py_DECREF(extra);
+        PyErr_Format(PyExc_ValueError, "too many values to unpack (expected %zd)", n);
+    }
+fail:
+    while (--i >= 0)
+        Py_CLEAR(out[i]);
+    Py_DECREF(it);
+    return -1;
+}
+
+static PyObject *
+decode_latin1(PyObject *b)
+{
+    if (PyBytes_CheckExact(b))
+        return PyUnicode_DecodeLatin1(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), NULL);
+    PyObject *a[2] = {b, s_latin1};
+    return PyObject_VectorcallMethod(s_decode, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* `host == down.host_seen` as an `if` takes it: 1, 0, -1 */
+static int
+same_host(PyObject *host, PyObject *seen)
+{
+    if (PyBytes_CheckExact(host) && PyBytes_CheckExact(seen))
+        return PyBytes_GET_SIZE(host) == PyBytes_GET_SIZE(seen)
+            && memcmp(PyBytes_AS_STRING(host), PyBytes_AS_STRING(seen), PyBytes_GET_SIZE(host)) == 0;
+    if (PyBytes_CheckExact(host) && seen == Py_None)
+        return 0;
+    PyObject *c = PyObject_RichCompare(host, seen, Py_EQ);
+    if (c == NULL)
+        return -1;
+    int t = PyObject_IsTrue(c);
+    Py_DECREF(c);
+    return t;
+}
+
+/* owned references of head_complete, dropped at its end */
+enum { O_CHECK, O_SEEN, O_RESULT, O_TARGET, O_HOST, O_CLIENT_IP, O_GEO, O_TRUSTED, O_RID, O_PATH,
+       O_QUERY, O_HOSTS, O_CTX_TYPE, O_LAST_ACTIVE, O_METHOD, O_PATH_S, O_QUERY_S, O_VERSION,
+       O_CLIENT_PORT, O_HEADERS, O_LISTENER, O_LISTENER_NAME, O_CTX, O_BUILD, O_TRUSTED2,
+       O_PEER_IP, O_LISTENER2, O_SCHEME, O_RID_B, O_HOOKS, O_ACTIONS, O_HOOKS2, O_EXTRA,
+       O_MEMO, O_HEAD, N_OWNED };
+
+static int head_trusted(PyObject *self, PyObject *ex, PyObject **o);
+
+static PyObject *
+head_complete_c(PyObject *self, PyObject *down, PyObject *ex)
+{
+    PyObject *o[N_OWNED] = {NULL};
+    PyObject *r = NULL;
+    int t;
+    /* target, host = check_head(ex, down.host_seen) */
+    if ((o[O_CHECK] = global(N.globals, s_check_head)) == NULL || (o[O_SEEN] = dget(down, D_HOST_SEEN)) == NULL)
+        goto done;
+    PyObject *ca[2] = {ex, o[O_SEEN]};
+    if ((o[O_RESULT] = PyObject_Vectorcall(o[O_CHECK], ca, 2, NULL)) == NULL
+        || unpack(o[O_RESULT], 2, &o[O_TARGET]) < 0)
+        goto done;
+    if ((o[O_CLIENT_IP] = dget(down, D_CLIENT_IP)) == NULL || (o[O_GEO] = dget(down, D_GEO)) == NULL
+        || (o[O_TRUSTED] = dget(down, D_TRUSTED_PEER)) == NULL)
+        goto done;
+    if ((t = PyObject_IsTrue(o[O_TRUSTED])) < 0)
+        goto done;
+    /* not trusted when the call came here (head_complete checked it), but
+     * check_head could have changed that: Python's branch, as Python has it */
+    if (t && head_trusted(self, ex, o) < 0)
+        goto done;
+    if ((o[O_RID] = next_request_id(self)) == NULL)
+        goto done;
+    /* path, _, query = target.partition(b"?"): kept as the target and the
+     * '?' position for exact bytes (decoded below, where Python decodes) */
+    PyObject *target = o[O_TARGET], *host = o[O_HOST];
+    Py_ssize_t qpos = -1;
+    if (PyBytes_CheckExact(target)) {
+        const char *q = memchr(PyBytes_AS_STRING(target), '?', PyBytes_GET_SIZE(target));
+        qpos = q == NULL ? PyBytes_GET_SIZE(target) : q - PyBytes_AS_STRING(target);
+    } else {
+        PyObject *a[2] = {target, b_question}, *parts[3];
+        PyObject *p = PyObject_VectorcallMethod(s_partition, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (p == NULL)
+            goto done;
+        t = unpack(p, 3, parts);
+        Py_DECREF(p);
+        if (t < 0)
+            goto done;
+        o[O_PATH] = parts[0];
+        Py_DECREF(parts[1]);
+        o[O_QUERY] = parts[2];
+    }
+    /* the Host's host part: this connection's last one, or split and kept */
+    Py_CLEAR(o[O_SEEN]);
+    if ((o[O_SEEN] = dget(down, D_HOST_SEEN)) == NULL || (t = same_host(host, o[O_SEEN])) < 0)
+        goto done;
+    if (t) {
+        if ((o[O_HOSTS] = dget(down, D_HOST_NAME)) == NULL)
+            goto done;
+    } else {
+        if ((t = PyObject_IsTrue(host)) < 0)
+            goto done;
+        if (t) {
+            PyObject *split = global(N.globals, s_split_host);
+            if (split == NULL)
+                goto done;
+            o[O_HOSTS] = PyObject_CallOneArg(split, host);
+            Py_DECREF(split);
+            if (o[O_HOSTS] == NULL)
+                goto done;
+        } else
+            o[O_HOSTS] = Py_NewRef(u_empty);
+        PyObject *value = eget(ex, E_HOST_VALUE);
+        if (value == NULL)
+            goto done;
+        Py_DECREF(value);
+        if (host == value) {   /* validated by check_head: remember it for the next request */
+            slot_set(down, S.doff[D_HOST_SEEN], Py_NewRef(host));
+            slot_set(down, S.doff[D_HOST_NAME], Py_NewRef(o[O_HOSTS]));
+        }
+    }
+    /* ctx = RequestContext(rid, down.last_active, ex.method, hosts, path.decode("latin-1"),
+     *                      query.decode("latin-1"), ex.version, client_ip, down.client_port,
+     *                      geo, ex.headers, down.listener.name) */
+    if ((o[O_CTX_TYPE] = global(N.globals, s_request_context)) == NULL
+        || (o[O_LAST_ACTIVE] = dget(down, D_LAST_ACTIVE)) == NULL || (o[O_METHOD] = eget(ex, E_METHOD)) == NULL)
+        goto done;
+    if (qpos >= 0) {
+        const char *p = PyBytes_AS_STRING(target);
+        Py_ssize_t n = PyBytes_GET_SIZE(target);
+        if ((o[O_PATH_S] = PyUnicode_DecodeLatin1(p, qpos, NULL)) == NULL)
+            goto done;
+        if (qpos >= n)
+            o[O_QUERY_S] = Py_NewRef(u_empty);
+        else if ((o[O_QUERY_S] = PyUnicode_DecodeLatin1(p + qpos + 1, n - qpos - 1, NULL)) == NULL)
+            goto done;
+    } else if ((o[O_PATH_S] = decode_latin1(o[O_PATH])) == NULL || (o[O_QUERY_S] = decode_latin1(o[O_QUERY])) == NULL)
+        goto done;
+    if ((o[O_VERSION] = eget(ex, E_VERSION)) == NULL || (o[O_CLIENT_PORT] = dget(down, D_CLIENT_PORT)) == NULL
+        || (o[O_HEADERS] = eget(ex, E_HEADERS)) == NULL || (o[O_LISTENER] = dget(down, D_LISTENER)) == NULL
+        || (o[O_LISTENER_NAME] = PyObject_GetAttr(o[O_LISTENER], s_name)) == NULL)
+        goto done;
+    PyObject *cargs[N_CTX_ARGS] = {
+        o[O_RID], o[O_LAST_ACTIVE], o[O_METHOD], o[O_HOSTS], o[O_PATH_S], o[O_QUERY_S], o[O_VERSION],
+        o[O_CLIENT_IP], o[O_CLIENT_PORT], o[O_GEO], o[O_HEADERS], o[O_LISTENER_NAME]};
+    if (template_fits(o[O_CTX_TYPE]))
+        o[O_CTX] = template_new(cargs);
+    else
+        o[O_CTX] = PyObject_Vectorcall(o[O_CTX_TYPE], cargs, N_CTX_ARGS, NULL);
+    if (o[O_CTX] == NULL)
+        goto done;
+    if (eset(ex, E_CTX, Py_NewRef(o[O_CTX])) < 0)
+        goto done;
+    /* self.started += 1 */
+    {
+        PyObject *s = PyObject_GetAttr(self, s_started);
+        if (s == NULL)
+            goto done;
+        PyObject *s1 = PyNumber_InPlaceAdd(s, i_one);
+        Py_DECREF(s);
+        if (s1 == NULL)
+            goto done;
+        t = PyObject_SetAttr(self, s_started, s1);
+        Py_DECREF(s1);
+        if (t < 0)
+            goto done;
+    }
+    /* ex.req_head = build_upstream_head(ex, target, host, client_ip, down.trusted_peer,
+     *     down.client_ip, down.listener.scheme, b"1.1 novaedge", rid.encode(),
+     *     self.hooks.header_actions, self.hooks.forward_headers(self, ctx), down.fwd_memo) */
+    if ((o[O_BUILD] = global(N.globals, s_build_upstream_head)) == NULL
+        || (o[O_TRUSTED2] = dget(down, D_TRUSTED_PEER)) == NULL || (o[O_PEER_IP] = dget(down, D_CLIENT_IP)) == NULL
+        || (o[O_LISTENER2] = dget(down, D_LISTENER)) == NULL
+        || (o[O_SCHEME] = PyObject_GetAttr(o[O_LISTENER2], s_scheme)) == NULL)
+        goto done;
+    if (PyUnicode_CheckExact(o[O_RID]))
+        o[O_RID_B] = PyUnicode_AsUTF8String(o[O_RID]);
+    else
+        o[O_RID_B] = call_method0(o[O_RID], s_encode);
+    if (o[O_RID_B] == NULL || (o[O_HOOKS] = PyObject_GetAttr(self, s_hooks)) == NULL
+        || (o[O_ACTIONS] = PyObject_GetAttr(o[O_HOOKS], s_header_actions)) == NULL
+        || (o[O_HOOKS2] = PyObject_GetAttr(self, s_hooks)) == NULL)
+        goto done;
+    {
+        PyObject *a[3] = {o[O_HOOKS2], self, o[O_CTX]};
+        o[O_EXTRA] = PyObject_VectorcallMethod(s_forward_headers, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (o[O_EXTRA] == NULL || (o[O_MEMO] = dget(down, D_FWD_MEMO)) == NULL)
+        goto done;
+    {
+        PyObject *b[12] = {ex, target, host, o[O_CLIENT_IP], o[O_TRUSTED2], o[O_PEER_IP], o[O_SCHEME], b_via,
+                           o[O_RID_B], o[O_ACTIONS], o[O_EXTRA], o[O_MEMO]};
+        o[O_HEAD] = PyObject_Vectorcall(o[O_BUILD], b, 12, NULL);
+    }
+    if (o[O_HEAD] == NULL || eset(ex, E_REQ_HEAD, Py_NewRef(o[O_HEAD])) < 0)
+        goto done;
+    r = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < N_OWNED; i++)
+        Py_XDECREF(o[i]);
+    return r;
+}
+
+/* Python's trusted-peer branch:
+ *     xff_client = client_from_xff(ex, client_ip, self.snapshot.is_trusted_proxy)
+ *     if xff_client != client_ip:
+ *         client_ip = xff_client
+ *         geo = self.geo_lookup(client_ip) */
+static int
+head_trusted(PyObject *self, PyObject *ex, PyObject **o)
+{
+    PyObject *fn = global(N.globals, s_client_from_xff), *snap = NULL, *is_trusted = NULL, *xff = NULL;
+    int r = -1;
+    if (fn == NULL || (snap = PyObject_GetAttr(self, s_snapshot)) == NULL
+        || (is_trusted = PyObject_GetAttr(snap, s_is_trusted_proxy)) == NULL)
+        goto done;
+    PyObject *a[3] = {ex, o[O_CLIENT_IP], is_trusted};
+    if ((xff = PyObject_Vectorcall(fn, a, 3, NULL)) == NULL)
+        goto done;
+    PyObject *c = PyObject_RichCompare(xff, o[O_CLIENT_IP], Py_NE);
+    int t = c == NULL ? -1 : PyObject_IsTrue(c);
+    Py_XDECREF(c);
+    if (t < 0)
+        goto done;
+    if (t) {
+        Py_SETREF(o[O_CLIENT_IP], Py_NewRef(xff));
+        PyObject *b[2] = {self, xff};
+        PyObject *geo = PyObject_VectorcallMethod(s_geo_lookup, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (geo == NULL)
+            goto done;
+        Py_SETREF(o[O_GEO], geo);
+    }
+    r = 0;
+done:
+    Py_XDECREF(fn);
+    Py_XDECREF(snap);
+    Py_XDECREF(is_trusted);
+    Py_XDECREF(xff);
+    return r;
+}
+
+static PyObject *
+head_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!N.ready || !S.ready || kwnames != NULL || nargs != 2 || Py_TYPE(args[0]) != S.down_type
+        || Py_TYPE(args[1]) != S.ex_type || SLOT(args[0], S.doff[D_TRUSTED_PEER]) != Py_False)
+        return call_py(N.py_head_complete, self, args, nargs, kwnames);   /* a trusted peer: XFF */
+    /* (args[] is owned by the caller for the call's length) */
+    return head_complete_c(self, args[0], args[1]);
+}
+
+static PyMethodDef head_complete_def = METHOD("head_complete", head_complete,
+    "Node.head_complete's common case in C (proxy/_request.c).");
+
+/* setup_node(Node, node_globals, py_head_complete, next_request_id, count_type,
+ *            RequestContext, template, stand_ins) -> a method descriptor for
+ * Node.head_complete. `template`: RequestContext(*stand_ins), 12 distinct objects. */
+static PyObject *
+setup_node(PyObject *module, PyObject *args)
+{
+    PyObject *node_type, *globals, *py_head_complete, *next_rid, *count_type, *ctx_type, *tpl, *stand_ins;
+    if (!PyArg_ParseTuple(args, "O!O!OOO!O!OO:setup_node", &PyType_Type, &node_type, &PyDict_Type, &globals,
+                          &py_head_complete, &next_rid, &PyType_Type, &count_type, &PyType_Type, &ctx_type,
+                          &tpl, &stand_ins))
+        return NULL;
+    if (!S.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "setup_node: call setup_down() first");
+        return NULL;
+    }
+    PyObject *descr = PyDescr_NewMethod((PyTypeObject *)node_type, &head_complete_def);
+    if (descr == NULL)
+        return NULL;
+    N.ready = 0;
+    if (setup_template(ctx_type, tpl, stand_ins) < 0) {
+        Py_DECREF(descr);
+        return NULL;
+    }
+    Py_INCREF(globals); Py_XSETREF(N.globals, globals);
+    Py_INCREF(py_head_complete); Py_XSETREF(N.py_head_complete, py_head_complete);
+    Py_INCREF(next_rid); Py_XSETREF(N.next_rid, next_rid);
+    Py_INCREF(count_type); Py_XSETREF(N.count_type, (PyTypeObject *)count_type);
+    N.ready = 1;
+    return descr;
+}
+
+static PyMethodDef methods[] = {
+    {"setup_down", setup_down, METH_VARARGS,
+     "setup_down(Downstream, Exchange, globals, WAITING, py_on_url, py_on_message_begin, "
+     "py_on_headers_complete, py_on_message_complete): the four C callbacks, as methods of Downstream."},
+    {"setup_node", setup_node, METH_VARARGS,
+     "setup_node(Node, globals, py_head_complete, next_request_id, count_type, RequestContext, template, "
+     "stand_ins): the C Node.head_complete."},
+    {"new_context", (PyCFunction)(void (*)(void))new_context, METH_FASTCALL,
+     "new_context(*12 args): RequestContext(...) from the template (for the tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_request", "The request head's completion in C (see _request.c).", -1, methods,
+};
+
+static int
+intern(PyObject **p, const char *s)
+{
+    return (*p = PyUnicode_InternFromString(s)) == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__request(void)
+{
+    if (intern(&s_new_exchange, "_new_exchange") < 0 || intern(&s_max_request_line, "max_request_line") < 0
+        || intern(&s_get_http_version, "get_http_version") < 0 || intern(&s_get_method, "get_method") < 0
+        || intern(&s_should_keep_alive, "should_keep_alive") < 0 || intern(&s_head_complete, "head_complete") < 0
+        || intern(&s_activate, "_activate") < 0 || intern(&s_append, "append") < 0
+        || intern(&s_pause_reading, "pause_reading") < 0 || intern(&s_pipelined, "pipelined") < 0
+        || intern(&s_request_done, "request_done") < 0 || intern(&s_decode, "decode") < 0
+        || intern(&s_partition, "partition") < 0 || intern(&s_encode, "encode") < 0
+        || intern(&s_latin1, "latin-1") < 0 || intern(&s_check_head, "check_head") < 0
+        || intern(&s_split_host, "split_host") < 0 || intern(&s_request_context, "RequestContext") < 0
+        || intern(&s_build_upstream_head, "build_upstream_head") < 0
+        || intern(&s_next_request_id, "next_request_id") < 0 || intern(&s_id_prefix, "_id_prefix") < 0
+        || intern(&s_ids, "_ids") < 0 || intern(&s_started, "started") < 0 || intern(&s_hooks, "hooks") < 0
+        || intern(&s_header_actions, "header_actions") < 0 || intern(&s_forward_headers, "forward_headers") < 0
+        || intern(&s_name, "name") < 0 || intern(&s_scheme, "scheme") < 0
+        || intern(&s_client_from_xff, "client_from_xff") < 0 || intern(&s_snapshot, "snapshot") < 0
+        || intern(&s_is_trusted_proxy, "is_trusted_proxy") < 0 || intern(&s_geo_lookup, "geo_lookup") < 0
+        || intern(&s_format, "format") < 0 || intern(&s_next, "next") < 0 || intern(&s_init, "__init__") < 0
+        || intern(&s_slots, "__slots__") < 0 || intern(&u_empty, "") < 0)
+        return NULL;
+    if ((kw_parsing = Py_BuildValue("(s)", "parsing")) == NULL || (f_zero = PyFloat_FromDouble(0.0)) == NULL
+        || (i_zero = PyLong_FromLong(0)) == NULL || (i_one = PyLong_FromLong(1)) == NULL
+        || (b_question = PyBytes_FromString("?")) == NULL || (b_via = PyBytes_FromString("1.1 novaedge")) == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}
