@@ -73,7 +73,7 @@ static struct {
 
 static PyObject *s_get_status_code, *s_should_keep_alive, *s_via_header, *s_snapshot, *s_config,
     *s_debug_headers, *s_deadlines, *s_discard, *s_trusted_peer, *s_keep_alive_after, *s_draining,
-    *s_fields_name, *s_reasons, *s_render_head, *s_clear_timer, *s_append;
+    *s_fields_name, *s_reasons, *s_render_head, *s_clear_timer, *s_append, *s_resp_no_body, *s_down;
 
 static int
 slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off)
@@ -213,7 +213,7 @@ on_body(PyObject *ex, PyObject *body)
 
 typedef struct {
     PyObject *f[N_EX];        /* the exchange's slots, owned */
-    PyObject *status, *keep, *via, *fields, *reason, *rid, *method;   /* owned */
+    PyObject *status, *keep, *via, *fields, *reason, *rid, *method, *deadlines;   /* owned */
     long st;
     int client_11, no_body, chunked, has_cl;
 } Head;
@@ -230,6 +230,7 @@ head_clear(Head *h)
     Py_CLEAR(h->reason);
     Py_CLEAR(h->rid);
     Py_CLEAR(h->method);
+    Py_CLEAR(h->deadlines);
 }
 
 static int
@@ -276,6 +277,14 @@ head_prepare(PyObject *ex, Head *h)
         || !is_bool(f[E_RESP_CLOSE_AFTER]) || !is_bool(f[E_BODY_COMPLETE])
         || !PyList_CheckExact(f[E_OUT]))
         return 0;
+    /* _clear_timer's set: an exact set runs no Python code between the reads here and the writes */
+    if (PyFloat_AS_DOUBLE(f[E_TIMER]) != 0.0) {
+        h->deadlines = PyObject_GetAttr(f[E_NODE], s_deadlines);
+        if (h->deadlines == NULL)
+            return -1;
+        if (!PySet_CheckExact(h->deadlines))
+            return 0;
+    }
     /* the parser's calls run no Python code (httptools' Cython methods) */
     h->status = PyObject_CallMethodNoArgs(f[E_RESP_PARSER], s_get_status_code);
     if (h->status == NULL)
@@ -368,12 +377,9 @@ head_prepare(PyObject *ex, Head *h)
 static int
 keep_alive_after(PyObject *ex)
 {
-    PyObject *down = EX(ex, E_DOWN);
-    if (down == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "'Exchange' object attribute 'down' is not set");
+    PyObject *down = PyObject_GetAttr(ex, s_down);   /* self.down (unset: Python's own error) */
+    if (down == NULL)
         return -1;
-    }
-    Py_INCREF(down);
     int r = -2;
     if (D.ready && Py_TYPE(down) == D.type) {
         PyObject *fn = PyDict_GetItem(D.type->tp_dict, s_keep_alive_after);   /* (no error: a str key) */
@@ -416,19 +422,7 @@ head_apply(PyObject *ex, Head *h)
     if (PyFloat_AS_DOUBLE(f[E_TIMER]) != 0.0) {
         /* _clear_timer(): self.timer = 0.0; self.node.deadlines.discard(self) */
         slot_put(ex, S.off[E_TIMER], S.zero_float);
-        PyObject *deadlines = PyObject_GetAttr(f[E_NODE], s_deadlines);
-        if (deadlines == NULL)
-            return NULL;
-        int r;
-        if (Py_IS_TYPE(deadlines, &PySet_Type)) {
-            r = PySet_Discard(deadlines, ex);
-        } else {
-            PyObject *res = PyObject_CallMethodOneArg(deadlines, s_discard, ex);
-            r = res == NULL ? -1 : 0;
-            Py_XDECREF(res);
-        }
-        Py_DECREF(deadlines);
-        if (r < 0)
+        if (PySet_Discard(h->deadlines, ex) < 0)
             return NULL;
     }
     slot_put(ctx, S.coff[C_STATUS], h->status);
@@ -491,32 +485,16 @@ head_apply(PyObject *ex, Head *h)
     PUT("\r\n", 2);
 #undef PUT
 
-    /* self.out.append(head): the list as it is now (keep_alive_after may have run Python code) */
-    PyObject *out = EX(ex, E_OUT);
-    int r;
-    if (out == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "'Exchange' object attribute 'out' is not set");
-        r = -1;
-    } else if (PyList_CheckExact(out)) {
-        r = PyList_Append(out, head);
-    } else {
-        Py_INCREF(out);
-        PyObject *res = PyObject_CallMethodOneArg(out, s_append, head);
-        r = res == NULL ? -1 : 0;
-        Py_XDECREF(res);
-        Py_DECREF(out);
-    }
+    /* self.out.append(...): Python binds self.out.append before _render_head runs */
+    int r = PyList_Append(f[E_OUT], head);
     Py_DECREF(head);
     if (r < 0)
         return NULL;
     slot_put(ex, S.off[E_RESP_HEAD_SENT], Py_True);
     slot_put(ex, S.off[E_HEAD_UNFLUSHED], Py_True);
-    PyObject *no_body = EX(ex, E_RESP_NO_BODY);
-    if (no_body == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "'Exchange' object attribute 'resp_no_body' is not set");
+    PyObject *no_body = PyObject_GetAttr(ex, s_resp_no_body);   /* unset: Python's own error */
+    if (no_body == NULL)
         return NULL;
-    }
-    Py_INCREF(no_body);
     r = PyObject_IsTrue(no_body);
     Py_DECREF(no_body);
     if (r < 0)
@@ -668,7 +646,7 @@ PyInit__response(void)
         {&s_debug_headers, "debug_headers"}, {&s_deadlines, "deadlines"}, {&s_discard, "discard"},
         {&s_trusted_peer, "trusted_peer"}, {&s_keep_alive_after, "keep_alive_after"},
         {&s_draining, "draining"}, {&s_fields_name, "_response_fields"}, {&s_reasons, "REASONS"},
-        {&s_render_head, "_render_head"}, {&s_clear_timer, "_clear_timer"}, {&s_append, "append"},
+        {&s_render_head, "_render_head"}, {&s_clear_timer, "_clear_timer"}, {&s_append, "append"}, {&s_resp_no_body, "resp_no_body"}, {&s_down, "down"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)

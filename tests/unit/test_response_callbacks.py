@@ -113,7 +113,8 @@ def _feed(ex: Exchange, pieces: list[bytes]) -> list[object]:
         log.append(_state(ex))
         if log[-3] != "ok":
             break
-        ex.out = []
+        if hasattr(ex, "out"):
+            ex.out = type(ex.out)()   # flushed; an odd list type stays odd for the next piece
         ex.head_unflushed = False
     return log
 
@@ -244,7 +245,13 @@ def _one(ex_kw: dict[str, Any], set_up: Any, data: bytes) -> list[object]:
         set_up(ex)
         ex.resp_parser = _parser(ex, python)
         runs.append(_feed(ex, [data[:20], data[20:]]))
-    assert runs[0] == runs[1]
+        # and in one piece: the head's state as set_up left it (a head cut at
+        # byte 20 gets its out list reset before on_headers_complete)
+        ex = _exchange(**ex_kw)
+        set_up(ex)
+        ex.resp_parser = _parser(ex, python)
+        runs.append(_feed(ex, [data]))
+    assert runs[0] == runs[2] and runs[1] == runs[3]
     return runs[0]
 
 
@@ -312,7 +319,7 @@ def test_a_node_whose_deadlines_are_not_a_set() -> None:
         ex.node.deadlines = Deadlines(ex.node.deadlines)  # type: ignore[misc]
 
     _one({}, set_up, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    assert Deadlines.discarded == 2
+    assert Deadlines.discarded == 4   # each version, fed in two pieces and in one
 
 
 def test_an_exchange_subclass_goes_to_python() -> None:
@@ -354,7 +361,7 @@ def test_replaced_python_methods_are_called(monkeypatch) -> None:
             m.setattr(cls, name, fn)
             calls.clear()
             _one({}, lambda ex: None, data)
-            assert len(calls) == 2 and len(set(calls)) == 1, calls   # once by each version
+            assert len(calls) == 4 and len(set(calls)) == 1, calls   # each version, in two pieces and in one
     data = b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 0\r\n\r\n"
     with monkeypatch.context() as m:   # no C field loop: Python's loop
         m.setattr(exchange_mod, "_response_fields", None)
@@ -422,3 +429,76 @@ def test_the_c_version_is_built_and_used() -> None:
         sys.setprofile(None)
     assert [n for n in seen if not n.startswith("<")] == [], seen
     assert ex.resp_complete and ex.out[0].endswith(b"\r\n\r\n") and ex.out[1] == b"hi"
+
+
+# Python code that runs inside the C's on_headers_complete (a keep_alive_after of
+# a subclass, a deadlines set of a subclass) and changes the exchange: the C must
+# see what Python sees (found by a review; each failed before the fix).
+class _DownNewOut(Downstream):
+    __slots__ = ()
+
+    def keep_alive_after(self, ex: Exchange) -> bool:
+        ex.out = []   # Python appends the head to the list bound before this ran
+        return True
+
+
+class _DownDelOut(Downstream):
+    __slots__ = ()
+
+    def keep_alive_after(self, ex: Exchange) -> bool:
+        del ex.out
+        return True
+
+
+class _DownDelNoBody(Downstream):
+    __slots__ = ()
+
+    def keep_alive_after(self, ex: Exchange) -> bool:
+        del ex.resp_no_body
+        return True
+
+
+class _ChangingDeadlines(set):  # type: ignore[type-arg]
+    def discard(self, ex: Any) -> None:
+        super().discard(ex)
+        ex.version = "1.0"
+        ex.body_complete = False
+        ex.ctx.request_id = "changed"
+
+
+class _DelDownDeadlines(set):  # type: ignore[type-arg]
+    def discard(self, ex: Any) -> None:
+        super().discard(ex)
+        del ex.down
+
+
+def _armed(deadlines: type) -> Any:
+    def set_up(ex: Exchange) -> None:
+        ex.timer = 5.0
+        ex.node.deadlines = deadlines(ex.node.deadlines)
+        ex.node.deadlines.add(ex)
+    return set_up
+
+
+@pytest.mark.parametrize("set_up", [
+    lambda ex: setattr(ex.down, "__class__", _DownNewOut),
+    lambda ex: setattr(ex.down, "__class__", _DownDelOut),
+    lambda ex: setattr(ex.down, "__class__", _DownDelNoBody),
+    _armed(_ChangingDeadlines),
+    _armed(_DelDownDeadlines),
+])
+def test_python_code_run_inside_the_head_sees_and_changes_what_python_would(set_up) -> None:
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    runs = []
+    for python in (False, True):
+        ex = _exchange()
+        set_up(ex)
+        ex.resp_parser = _parser(ex, python)
+        before = ex.out
+        try:
+            ex.resp_parser.feed_data(data)
+            result: object = "ok"
+        except Exception as e:
+            result = _error(e)
+        runs.append((result, list(before), list(getattr(ex, "out", ["<unset>"])), _state(ex)))
+    assert runs[0] == runs[1]
