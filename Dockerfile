@@ -8,8 +8,8 @@ COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY geodb ./geodb
 COPY config ./config
-# gcc only for the build: proxy/observe/_finish.c (the access log and metrics
-# per request in C; without it the Python version runs, slower)
+# gcc only for the build: the C parts listed in setup.py (the hot per-request
+# steps; without them the Python versions run, slower)
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install --no-cache-dir -e . \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
