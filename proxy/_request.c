@@ -351,8 +351,12 @@ headers_complete(PyObject *self, PyObject *ex, PyObject *parser)
     if (declared == NULL)
         return NULL;
     int t;
-    if (PyLong_CheckExact(declared))
-        t = Py_SIZE(declared) <= 0;   /* the sign of an int */
+    if (PyLong_CheckExact(declared)) {
+        /* declared <= 0 (not Py_SIZE's sign: ints keep no size there from 3.12) */
+        int ov;
+        long lv = PyLong_AsLongAndOverflow(declared, &ov);
+        t = ov ? ov < 0 : lv <= 0;
+    }
     else {
         PyObject *c = PyObject_RichCompare(declared, i_zero, Py_LE);
         t = c == NULL ? -1 : PyObject_IsTrue(c);
@@ -686,6 +690,8 @@ static struct {
     PyObject *py_head_complete;   /* Node._head_complete_py */
     PyObject *next_rid;           /* Node.next_request_id (the function) */
     PyTypeObject *count_type;     /* itertools.count */
+    PyObject *builtins;           /* the builtins module's dict, and its format and next */
+    PyObject *builtin_format, *builtin_next;
 } N;
 
 /* node.next_request_id(): Node's own is done here, anything else is called */
@@ -695,9 +701,12 @@ next_request_id(PyObject *node)
     PyObject *m = PyObject_GetAttr(node, s_next_request_id);
     if (m == NULL)
         return NULL;
+    /* format and next as Python finds them: not in node.py's globals, the builtins' own */
     if (!PyMethod_Check(m) || PyMethod_GET_FUNCTION(m) != N.next_rid || PyMethod_GET_SELF(m) != node
         || PyDict_GetItemWithError(N.globals, s_format) != NULL
-        || PyDict_GetItemWithError(N.globals, s_next) != NULL)
+        || PyDict_GetItemWithError(N.globals, s_next) != NULL
+        || PyDict_GetItemWithError(N.builtins, s_format) != N.builtin_format
+        || PyDict_GetItemWithError(N.builtins, s_next) != N.builtin_next)
         goto call;
     if (PyErr_Occurred())
         goto fail;
@@ -1070,6 +1079,20 @@ setup_node(PyObject *module, PyObject *args)
     Py_INCREF(py_head_complete); Py_XSETREF(N.py_head_complete, py_head_complete);
     Py_INCREF(next_rid); Py_XSETREF(N.next_rid, next_rid);
     Py_INCREF(count_type); Py_XSETREF(N.count_type, (PyTypeObject *)count_type);
+    /* the builtins node.py's code sees, and their format and next now */
+    PyObject *builtins = PyDict_GetItemString(globals, "__builtins__");
+    if (builtins != NULL && PyModule_Check(builtins))
+        builtins = PyModule_GetDict(builtins);
+    PyObject *bf = builtins && PyDict_Check(builtins) ? PyDict_GetItemString(builtins, "format") : NULL;
+    PyObject *bn = builtins && PyDict_Check(builtins) ? PyDict_GetItemString(builtins, "next") : NULL;
+    if (bf == NULL || bn == NULL) {
+        Py_DECREF(descr);
+        PyErr_SetString(PyExc_TypeError, "setup_node: no builtins format/next");
+        return NULL;
+    }
+    Py_INCREF(builtins); Py_XSETREF(N.builtins, builtins);
+    Py_INCREF(bf); Py_XSETREF(N.builtin_format, bf);
+    Py_INCREF(bn); Py_XSETREF(N.builtin_next, bn);
     N.ready = 1;
     return descr;
 }
