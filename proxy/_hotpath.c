@@ -36,6 +36,11 @@ static struct {
     PyObject *parsing_state;          /* exchange.PARSING */
     PyObject *py_on_header;           /* Downstream._on_header_py */
     PyObject *s_max_headers, *s_max_header_bytes;
+    /* The last Limits seen and its two limits: a frozen model (config.Frozen),
+     * so one look-up per config, not two per field (~1 us a browser head). */
+    PyTypeObject *limits_type;        /* config.Limits, or NULL: no caching */
+    PyObject *limits;                 /* owned */
+    Py_ssize_t max_headers, max_bytes;
 } H;
 
 static int
@@ -126,10 +131,22 @@ on_header(PyObject *down, PyObject *const *args, Py_ssize_t nargs)
     if (limits == NULL)
         return py_fallback(down, name, value);
     Py_INCREF(ex);
-    Py_INCREF(limits);
-    Py_ssize_t max_headers = int_attr(limits, H.s_max_headers);
-    Py_ssize_t max_bytes = max_headers < 0 ? -1 : int_attr(limits, H.s_max_header_bytes);
-    Py_DECREF(limits);
+    Py_ssize_t max_headers, max_bytes;
+    if (limits == H.limits) {
+        max_headers = H.max_headers;
+        max_bytes = H.max_bytes;
+    }
+    else {
+        Py_INCREF(limits);
+        max_headers = int_attr(limits, H.s_max_headers);
+        max_bytes = max_headers < 0 ? -1 : int_attr(limits, H.s_max_header_bytes);
+        if (max_headers >= 0 && max_bytes >= 0 && H.limits_type != NULL && Py_TYPE(limits) == H.limits_type) {
+            Py_XSETREF(H.limits, Py_NewRef(limits));
+            H.max_headers = max_headers;
+            H.max_bytes = max_bytes;
+        }
+        Py_DECREF(limits);
+    }
     PyObject *r = on_header_ex(down, ex, name, value, max_headers, max_bytes);
     Py_DECREF(ex);
     return r;
@@ -246,9 +263,9 @@ static PyMethodDef on_header_def = {
 static PyObject *
 setup(PyObject *self, PyObject *args)
 {
-    PyObject *down_type, *ex_type, *parsing, *py_on_header;
-    if (!PyArg_ParseTuple(args, "O!O!OO:setup", &PyType_Type, &down_type, &PyType_Type, &ex_type,
-                          &parsing, &py_on_header))
+    PyObject *down_type, *ex_type, *parsing, *py_on_header, *limits_type = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!OO|O!:setup", &PyType_Type, &down_type, &PyType_Type, &ex_type,
+                          &parsing, &py_on_header, &PyType_Type, &limits_type))
         return NULL;
     Py_ssize_t parsing_off, ex_off[N_EX];
     if (slot_offset((PyTypeObject *)down_type, "parsing", &parsing_off) < 0)
@@ -265,6 +282,8 @@ setup(PyObject *self, PyObject *args)
     Py_INCREF(ex_type); Py_XSETREF(H.ex_type, (PyTypeObject *)ex_type);
     Py_INCREF(parsing); Py_XSETREF(H.parsing_state, parsing);
     Py_INCREF(py_on_header); Py_XSETREF(H.py_on_header, py_on_header);
+    Py_XINCREF(limits_type); Py_XSETREF(H.limits_type, (PyTypeObject *)limits_type);
+    Py_CLEAR(H.limits);
     H.ready = 1;
     return PyDescr_NewMethod((PyTypeObject *)down_type, &on_header_def);
 }

@@ -744,7 +744,8 @@ Exchange._on_header_py = Exchange.on_header       # type: ignore[attr-defined]
 
 
 def _setup_c(hotpath: Any) -> tuple[Any, Any, Any]:
-    on_header = hotpath.setup(Downstream, Exchange, PARSING, Downstream._on_header_py)  # type: ignore[attr-defined]
+    from .config import Limits   # frozen: the C reads its two limits once per config
+    on_header = hotpath.setup(Downstream, Exchange, PARSING, Downstream._on_header_py, Limits)  # type: ignore[attr-defined]
     on_response_header = hotpath.setup_response(Exchange, UPSTREAM_HEAD_LIMIT,
                                                 Exchange._on_header_py)  # type: ignore[attr-defined]
     # Exchange(down) in C copies the slots of one Exchange made by __init__,

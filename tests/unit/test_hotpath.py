@@ -295,3 +295,29 @@ def test_the_c_check_head_on_the_requests_it_answers_itself(version, method, tar
     assert got == _check(check_head_py, _head_ex(*args), host)
     if got[0] == "ok":
         assert got[1][1] is ex_c.host_value   # node.py tells a validated Host by identity
+
+
+def test_the_limits_of_each_config_apply() -> None:
+    """The C keeps the last config's two limits (a frozen Limits): exchanges under
+    different configs, interleaved, each get their own (431 at their own count).
+    In a fresh process, so that which config the C saw first is known: a larger
+    limit first, then a smaller one, which a stale cache would not enforce."""
+    import subprocess
+    import sys
+    script = """
+import sys, types
+sys.path.insert(0, {tests!r})
+from test_hotpath import _down, _call
+from proxy.downstream import Downstream
+fields = [(b"X-%d" % i, b"v") for i in range(10)]
+for max_headers in (100, 4, 8, 4, 100, 5):
+    c, py = _down(max_headers, 4000), _down(max_headers, 4000)
+    got = [_call(Downstream.on_header, c, n, v) for n, v in fields]
+    want = [_call(Downstream._on_header_py, py, n, v) for n, v in fields]
+    assert got == want, (max_headers, got, want)
+    assert (got[max_headers] == ("reject", 431, f"more than {{max_headers}} header fields")
+            if max_headers < len(fields) else got[-1] == ("ok",)), (max_headers, got)
+print("ok")
+""".format(tests=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
