@@ -12,7 +12,8 @@ from setuptools import Extension, setup
 
 def ext(name: str, source: str) -> Extension:
     # -ffp-contract=off: no fused multiply-add, so the C arithmetic rounds as Python's does
-    return Extension(name, [source], extra_compile_args=["-O2", "-Wall", "-ffp-contract=off"], optional=True)
+    return Extension(name, [source], depends=["proxy/_slots.h"],
+                     extra_compile_args=["-O2", "-Wall", "-ffp-contract=off"], optional=True)
 
 
 setup(ext_modules=[ext("proxy.observe._finish", "proxy/observe/_finish.c"),

@@ -22,6 +22,8 @@
 #include <structmember.h>
 #include <string.h>
 
+#include "_slots.h"
+
 enum { X_CTX, X_STATE, X_LIMITS, X_HEADERS, X_NAMES, X_HEADER_BYTES, X_URL_LEN, X_HOST_COUNT,
        X_HOST_VALUE, N_EX };
 static const char *ex_names[N_EX] = {
@@ -43,29 +45,7 @@ static struct {
     Py_ssize_t max_headers, max_bytes;
 } H;
 
-static int
-slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off)
-{
-    PyObject *d = PyDict_GetItemString(type->tp_dict, name);
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
-        || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_TypeError, "setup: %s.%s is not an object slot", type->tp_name, name);
-        return -1;
-    }
-    *off = ((PyMemberDescrObject *)d)->d_member->offset;
-    return 0;
-}
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-
-/* set an object slot, owning the new value */
-static void
-slot_set(PyObject *obj, Py_ssize_t off, PyObject *v)
-{
-    PyObject *old = SLOT(obj, off);
-    SLOT(obj, off) = v;
-    Py_XDECREF(old);
-}
 
 static PyObject *
 py_fallback(PyObject *down, PyObject *name, PyObject *value)
@@ -998,20 +978,6 @@ static struct {
     PyObject *s_snapshot, *s_config, *s_limits;
 } X;
 
-static int
-immutable(PyObject *o)
-{
-    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) || PyFloat_CheckExact(o)
-        || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o))
-        return 1;
-    if (PyTuple_CheckExact(o)) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); i++)
-            if (!immutable(PyTuple_GET_ITEM(o, i)))
-                return 0;
-        return 1;
-    }
-    return 0;
-}
 
 static PyObject *
 new_exchange(PyObject *self, PyObject *down)

@@ -43,29 +43,9 @@
 #include <structmember.h>
 #include <string.h>
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#include "_slots.h"
 
-static int
-slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off)
-{
-    PyObject *d = PyDict_GetItemString(type->tp_dict, name);
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
-        || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_TypeError, "setup: %s.%s is not an object slot", type->tp_name, name);
-        return -1;
-    }
-    *off = ((PyMemberDescrObject *)d)->d_member->offset;
-    return 0;
-}
 
-/* set an object slot, owning (stealing) the new value */
-static void
-slot_set(PyObject *obj, Py_ssize_t off, PyObject *v)
-{
-    PyObject *old = SLOT(obj, off);
-    SLOT(obj, off) = v;
-    Py_XDECREF(old);
-}
 
 /* -- the slots used, resolved once by setup_down ------------------------------ */
 
@@ -532,20 +512,6 @@ static struct {
     PyObject *value[MAX_CTX];
 } T;
 
-static int
-immutable(PyObject *o)
-{
-    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) || PyFloat_CheckExact(o)
-        || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o))
-        return 1;
-    if (PyTuple_CheckExact(o)) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); i++)
-            if (!immutable(PyTuple_GET_ITEM(o, i)))
-                return 0;
-        return 1;
-    }
-    return 0;
-}
 
 /* Is the template still the type's __init__? */
 static int

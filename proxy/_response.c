@@ -35,6 +35,8 @@
 #include <string.h>
 #include <stdio.h>
 
+#include "_slots.h"
+
 enum { E_RESP_COMPLETE, E_RESP_REASON, E_RESP_STATUS, E_RESP_PARSER, E_RESP_HEAD_BYTES, E_TIMER,
        E_CTX, E_LAST_READ, E_RESP_KEEP_ALIVE, E_RESP_NO_BODY, E_RESP_HEADERS, E_NODE, E_DOWN,
        E_VERSION, E_RESP_CLOSE_DELIMITED, E_RESP_OUT_CHUNKED, E_RESP_CLOSE_AFTER, E_BODY_COMPLETE,
@@ -75,32 +77,10 @@ static PyObject *s_get_status_code, *s_should_keep_alive, *s_via_header, *s_snap
     *s_debug_headers, *s_deadlines, *s_discard, *s_trusted_peer, *s_keep_alive_after, *s_draining,
     *s_fields_name, *s_reasons, *s_render_head, *s_clear_timer, *s_append, *s_resp_no_body, *s_down;
 
-static int
-slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off)
-{
-    PyObject *d = PyDict_GetItemString(type->tp_dict, name);
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
-        || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_TypeError, "setup: %s.%s is not an object slot", type->tp_name, name);
-        return -1;
-    }
-    *off = ((PyMemberDescrObject *)d)->d_member->offset;
-    return 0;
-}
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 #define EX(ex, i) SLOT(ex, S.off[i])
 #define CTX(ctx, i) SLOT(ctx, S.coff[i])
 
-/* set an object slot to v (a new reference is taken) */
-static void
-slot_put(PyObject *obj, Py_ssize_t off, PyObject *v)
-{
-    PyObject *old = SLOT(obj, off);
-    Py_INCREF(v);
-    SLOT(obj, off) = v;
-    Py_XDECREF(old);
-}
 
 static int
 is_bool(PyObject *o)

@@ -26,6 +26,8 @@
 #include <structmember.h>
 #include <math.h>
 
+#include "../_slots.h"
+
 enum { C_ROUTE, C_GEO, C_POLICY_NOTE, N_CTX };
 static const char *ctx_names[N_CTX] = {"route", "geo", "policy_note"};
 enum { P_KIND, P_MAX_IFPB, P_RANKING, P_VALID_UNTIL, P_GEN, P_AFFINITY, N_PLAN };
@@ -57,31 +59,7 @@ static struct {
     PyObject *one, *no_backend;
 } S;
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
-static void
-slot_set(PyObject *obj, Py_ssize_t off, PyObject *v)   /* steals v */
-{
-    PyObject *old = SLOT(obj, off);
-    SLOT(obj, off) = v;
-    Py_XDECREF(old);
-}
-
-static int
-offsets(PyObject *type, const char **names, int n, Py_ssize_t *off)
-{
-    for (int i = 0; i < n; i++) {
-        PyObject *d = PyDict_GetItemString(((PyTypeObject *)type)->tp_dict, names[i]);
-        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
-            || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "setup: %s.%s is not an object slot",
-                         ((PyTypeObject *)type)->tp_name, names[i]);
-            return -1;
-        }
-        off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-    }
-    return 0;
-}
 
 /* a plain float or int as a double (1), or not (0: use the number protocol) */
 static int
@@ -809,9 +787,11 @@ setup(PyObject *module, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "setup: not a class");
             return NULL;
         }
-    if (offsets(ctx, ctx_names, N_CTX, S.ctx) < 0 || offsets(plan, plan_names, N_PLAN, S.plan) < 0
-        || offsets(rp, rp_names, N_RP, S.rp) < 0 || offsets(b, b_names, N_B, S.b) < 0
-        || offsets(d, d_names, N_D, S.d) < 0)
+    if (slot_offsets((PyTypeObject *)ctx, ctx_names, N_CTX, S.ctx) < 0
+        || slot_offsets((PyTypeObject *)plan, plan_names, N_PLAN, S.plan) < 0
+        || slot_offsets((PyTypeObject *)rp, rp_names, N_RP, S.rp) < 0
+        || slot_offsets((PyTypeObject *)b, b_names, N_B, S.b) < 0
+        || slot_offsets((PyTypeObject *)d, d_names, N_D, S.d) < 0)
         return NULL;
     PyObject *p2c = PyObject_GetAttrString(rp, "_pick_p2c");
     PyObject *math = PyImport_ImportModule("math");
