@@ -17,6 +17,7 @@ import ssl
 import time
 from typing import Any, Callable
 
+from ._accel import attach
 from .config import Config, ListenerConfig, parse_hostport
 from .context import RequestContext
 from .downstream import Downstream, Reject
@@ -437,8 +438,6 @@ class NodeHooks:
 # check_head, split_host, hooks.forward_headers and build_upstream_head as
 # they are; the RequestContext made from a template of one __init__ made.
 # The Python method stays the reference (_head_complete_py) and takes the rest.
-from ._accel import attach  # noqa: E402
-
 Node._head_complete_py = Node.head_complete   # type: ignore[attr-defined]
 
 

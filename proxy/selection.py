@@ -134,8 +134,6 @@ Selector._on_done_py = Selector.on_done    # type: ignore[attr-defined]
 
 
 def _setup_c(pick: Any) -> tuple[Any, Any]:
-    import sys
-
     from .balance import cluster as _cluster
     from .balance import pool as _pool
     from .balance import selector as _bsel
@@ -143,7 +141,7 @@ def _setup_c(pick: Any) -> tuple[Any, Any]:
     from .context import RequestContext
     return pick.setup(Selector, BalanceSelector, RequestContext, Plan, _pool.RegionPool,  # type: ignore[no-any-return]
                       BackendState, _bsel.Decision, Selector._pick_py, Selector._on_done_py,  # type: ignore[attr-defined]
-                      vars(_pool), vars(_cluster), vars(sys.modules[__name__]), _cluster.on_done, OK)
+                      vars(_pool), vars(_cluster), globals(), _cluster.on_done, OK)
 
 
 _c = attach("proxy.balance._pick", _setup_c)
