@@ -260,3 +260,80 @@ def test_the_common_case_is_the_cs_and_matches() -> None:
     random.seed(12)
     k2 = Selector._pick_py(py.selector, ctx=_ctx(py, None), exclude=set(), now=1000.5)  # type: ignore[attr-defined]
     assert k1.id == k2.id
+
+
+# -- cases from a review of the C (each failed before its fix) -------------------------
+
+def _pick_both(c: Node, py: Node, seed: int = 5) -> tuple[object, object]:
+    out = []
+    for node, pick in ((c, Selector.pick), (py, Selector._pick_py)):  # type: ignore[attr-defined]
+        random.seed(seed)
+        ctx = _ctx(node, None)
+        r = _call(pick, node.selector, ctx, set(), 1000.0)
+        out.append((r if r[0] == "raise" or isinstance(r[1], tuple) else _outcome(r[1]), _note(ctx),
+                    random.random()))
+    return out[0], out[1]
+
+
+def test_a_plan_whose_state_changes_under_a_comparison_is_python_s() -> None:
+    """plan.valid_until with a __ge__ that rebinds plan.gen: the C must not use the
+    old value (it was a borrowed reference, freed by then); odd values are Python's."""
+    c, py = _node([3], "latency", None, "p2c_ewma", False), _node([3], "latency", None, "p2c_ewma", False)
+    for node in (c, py):
+        _warm(node, 1000.0)
+        plan = node.selector.plans["r"]
+
+        class ValidUntil:
+            def __le__(self, other: object, plan: object = plan) -> bool:
+                plan.gen = -1   # type: ignore[attr-defined]   # a stale plan: must be refreshed
+                return False
+            __ge__ = __le__
+        plan.valid_until = ValidUntil()  # type: ignore[assignment]
+    got, want = _pick_both(c, py)
+    assert got == want
+    assert c.selector.plans["r"].gen == py.selector.plans["r"].gen != -1
+
+
+def test_odd_values_after_a_draw_follow_python() -> None:
+    """round_robin: an empty first region (nothing drawn), then a float in-flight
+    count in the next region: compared as Python compares it, no TypeError."""
+    c, py = _node([2, 2], "latency", 5, "round_robin", False), _node([2, 2], "latency", 5, "round_robin", False)
+    for node in (c, py):
+        _warm(node, 1000.0)
+        rps = node.selector.plans["r"].ranking
+        rps[0].view = []
+        rps[0].in_flight = -1
+        rps[1].in_flight = 1.0
+    got, want = _pick_both(c, py)
+    assert got == want and got[0][0] == "backend"
+
+
+def test_replaced_module_globals_are_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """on_done with cluster._exp or selection.on_done replaced, p2c with pool._exp
+    replaced: Python's results (the C calls what Python would, or hands over)."""
+    from proxy import selection
+    from proxy.balance import cluster, pool
+    for module, name, fake in ((cluster, "_exp", lambda x: 0.5), (pool, "_exp", lambda x: 0.25),
+                               (selection, "on_done", lambda b, lat, out, now: None)):
+        c, py = _node([3], "latency", None, "p2c_ewma", False), _node([3], "latency", None, "p2c_ewma", False)
+        with monkeypatch.context() as m:
+            m.setattr(module, name, fake)
+            for node in (c, py):
+                _warm(node, 1000.0)
+                for b in node.selector.cluster.backends():
+                    b.samples, b.ewma_ms, b.stamp = 3, 80.0, 999.0
+            assert _pick_both(c, py)[0] == _pick_both(c, py)[1]
+            for node, done in ((c, Selector.on_done), (py, Selector._on_done_py)):  # type: ignore[attr-defined]
+                for b in node.selector.cluster.backends():
+                    b.in_flight += 1
+                    b.pool.in_flight += 1
+                    done(node.selector, b, 0.01, "ok", 1000.5)
+        assert _backends(c) == _backends(py), name
+
+
+def test_the_c_is_set_up_once() -> None:
+    if PURE:
+        pytest.skip("NOVAEDGE_PURE_PYTHON=1")
+    from proxy.balance import _pick  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="already set up"):
+        _pick.setup(*([object()] * 14))
