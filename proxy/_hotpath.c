@@ -250,9 +250,8 @@ setup(PyObject *self, PyObject *args)
     Py_ssize_t parsing_off, ex_off[N_EX];
     if (slot_offset((PyTypeObject *)down_type, "parsing", &parsing_off) < 0)
         return NULL;
-    for (int i = 0; i < N_EX; i++)
-        if (slot_offset((PyTypeObject *)ex_type, ex_names[i], &ex_off[i]) < 0)
-            return NULL;
+    if (slot_offsets((PyTypeObject *)ex_type, ex_names, N_EX, ex_off) < 0)
+        return NULL;
     /* (each other part keeps the Exchange type it was set up for, and takes
      * only exchanges of that type) */
     H.ready = 0;
@@ -560,9 +559,8 @@ setup_head(PyObject *self, PyObject *args)
         return NULL;
     }
     B.ready = 0;
-    for (int i = 0; i < N_HEAD; i++)
-        if (slot_offset((PyTypeObject *)ex_type, head_names[i], &B.off[i]) < 0)
-            return NULL;
+    if (slot_offsets((PyTypeObject *)ex_type, head_names, N_HEAD, B.off) < 0)
+        return NULL;
     Py_INCREF(ex_type); Py_XSETREF(B.ex_type, (PyTypeObject *)ex_type);
     Py_INCREF(py_build); Py_XSETREF(B.py_build, py_build);
     Py_INCREF(keep); Py_XSETREF(B.keep, keep);
@@ -651,9 +649,8 @@ setup_response(PyObject *self, PyObject *args)
         return NULL;
     }
     R.ready = 0;
-    for (int i = 0; i < N_RESP; i++)
-        if (slot_offset((PyTypeObject *)ex_type, resp_names[i], &R.off[i]) < 0)
-            return NULL;
+    if (slot_offsets((PyTypeObject *)ex_type, resp_names, N_RESP, R.off) < 0)
+        return NULL;
     Py_INCREF(ex_type); Py_XSETREF(R.ex_type, (PyTypeObject *)ex_type);
     R.limit = limit;
     Py_INCREF(py_on_header); Py_XSETREF(R.py_on_header, py_on_header);
@@ -774,9 +771,8 @@ setup_check(PyObject *self, PyObject *args)
         return NULL;
     }
     K.ready = 0;
-    for (int i = 0; i < N_CHECK; i++)
-        if (slot_offset((PyTypeObject *)ex_type, check_names[i], &K.off[i]) < 0)
-            return NULL;
+    if (slot_offsets((PyTypeObject *)ex_type, check_names, N_CHECK, K.off) < 0)
+        return NULL;
     Py_INCREF(ex_type); Py_XSETREF(K.ex_type, (PyTypeObject *)ex_type);
     memset(K.uri_ok, 0, sizeof(K.uri_ok));
     for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(uri_chars); i++)

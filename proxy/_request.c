@@ -442,12 +442,10 @@ setup_down(PyObject *module, PyObject *args)
         return NULL;
     Py_ssize_t doff[N_D], eoff[N_E];
     PyObject *dname[N_D], *ename[N_E];
-    for (int i = 0; i < N_D; i++)
-        if (slot_offset((PyTypeObject *)down_type, d_names[i], &doff[i]) < 0)
-            return NULL;
-    for (int i = 0; i < N_E; i++)
-        if (slot_offset((PyTypeObject *)ex_type, e_names[i], &eoff[i]) < 0)
-            return NULL;
+    if (slot_offsets((PyTypeObject *)down_type, d_names, N_D, doff) < 0)
+        return NULL;
+    if (slot_offsets((PyTypeObject *)ex_type, e_names, N_E, eoff) < 0)
+        return NULL;
     /* Downstream's slots must be all its storage: no __dict__ to shadow one */
     if (((PyTypeObject *)down_type)->tp_dictoffset != 0 || ((PyTypeObject *)ex_type)->tp_dictoffset != 0) {
         PyErr_SetString(PyExc_TypeError, "setup_down: Downstream and Exchange must have no __dict__");

@@ -540,12 +540,10 @@ setup(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_ssize_t off[N_EX], coff[N_CTX];
-    for (int i = 0; i < N_EX; i++)
-        if (slot_offset((PyTypeObject *)ex_type, ex_names[i], &off[i]) < 0)
-            return NULL;
-    for (int i = 0; i < N_CTX; i++)
-        if (slot_offset((PyTypeObject *)ctx_type, ctx_names[i], &coff[i]) < 0)
-            return NULL;
+    if (slot_offsets((PyTypeObject *)ex_type, ex_names, N_EX, off) < 0)
+        return NULL;
+    if (slot_offsets((PyTypeObject *)ctx_type, ctx_names, N_CTX, coff) < 0)
+        return NULL;
     if (((PyTypeObject *)ex_type)->tp_dictoffset != 0 || ((PyTypeObject *)ctx_type)->tp_dictoffset != 0) {
         PyErr_SetString(PyExc_TypeError, "setup: Exchange and RequestContext must have no __dict__");
         return NULL;
