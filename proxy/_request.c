@@ -41,6 +41,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "_slots.h"
@@ -51,19 +52,21 @@
 
 enum { D_PARSING, D_PARSER, D_DEAD, D_HEAD_STARTED_AT, D_LAST_ACTIVE, D_BODY_LAST, D_CURRENT,
        D_PARSED, D_NODE, D_QUEUE, D_HOST_SEEN, D_HOST_NAME, D_CLIENT_IP, D_GEO, D_TRUSTED_PEER,
-       D_CLIENT_PORT, D_LISTENER, D_FWD_MEMO, N_D };
+       D_CLIENT_PORT, D_LISTENER, D_FWD_MEMO, D_TUNNEL, D_UPGRADED, D_PP_PENDING, D_CLOSING,
+       D_DEFERRED, D_PAUSED, N_D };
 static const char *d_names[N_D] = {
     "parsing", "parser", "dead", "head_started_at", "last_active", "body_last", "current",
     "parsed", "node", "queue", "host_seen", "host_name", "client_ip", "geo", "trusted_peer",
-    "client_port", "listener", "fwd_memo"};
+    "client_port", "listener", "fwd_memo", "tunnel", "upgraded", "pp_pending", "closing",
+    "deferred", "paused"};
 
 enum { E_URL, E_HEADER_BYTES, E_URL_LEN, E_LIMITS, E_VERSION, E_METHOD, E_KEEP_ALIVE,
        E_DECLARED_LEN, E_CHUNKED, E_BODY_COMPLETE, E_STATE, E_HOST_VALUE, E_HEADERS, E_CTX,
-       E_REQ_HEAD, N_E };
+       E_REQ_HEAD, E_NAMES, N_E };
 static const char *e_names[N_E] = {
     "url", "header_bytes", "url_len", "limits", "version", "method", "keep_alive",
     "declared_len", "chunked", "body_complete", "state", "host_value", "headers", "ctx",
-    "req_head"};
+    "req_head", "names"};
 
 static struct {
     int ready;
@@ -83,7 +86,7 @@ static PyObject *s_new_exchange, *s_max_request_line, *s_get_http_version, *s_ge
     *s_next_request_id, *s_id_prefix, *s_ids, *s_started, *s_hooks, *s_header_actions,
     *s_forward_headers, *s_name, *s_scheme, *s_client_from_xff, *s_snapshot,
     *s_is_trusted_proxy, *s_geo_lookup, *s_format, *s_next, *s_init, *s_slots,
-    *kw_parsing, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
+    *s_now, *s_callback_failed, *kw_parsing, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
 
 /* obj.<slot>, owned: an unset slot raises what Python raises */
 static PyObject *
@@ -294,6 +297,10 @@ call_method0(PyObject *obj, PyObject *name)
     return PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+static PyObject *headers_complete_with(PyObject *self, PyObject *ex, PyObject *version, PyObject *method,
+                                       PyObject *keep_alive);
+
+/* the parser's version, method and keep-alive, then the rest */
 static PyObject *
 headers_complete(PyObject *self, PyObject *ex, PyObject *parser)
 {
@@ -316,6 +323,24 @@ headers_complete(PyObject *self, PyObject *ex, PyObject *parser)
         return NULL;
     if ((v = call_method0(parser, s_should_keep_alive)) == NULL || eset(ex, E_KEEP_ALIVE, v) < 0)
         return NULL;
+    return headers_complete_with(self, ex, NULL, NULL, NULL);
+}
+
+/* on_headers_complete from "validates" on; with version, method and
+ * keep_alive (borrowed) it first sets those as the parser's getters would */
+static PyObject *
+headers_complete_with(PyObject *self, PyObject *ex, PyObject *version, PyObject *method, PyObject *keep_alive)
+{
+    PyObject *v;
+    if (version != NULL) {
+        slot_set(self, S.doff[D_HEAD_STARTED_AT], Py_NewRef(f_zero));
+        if ((v = dget(self, D_LAST_ACTIVE)) == NULL)
+            return NULL;
+        slot_set(self, S.doff[D_BODY_LAST], v);
+        if (eset(ex, E_VERSION, Py_NewRef(version)) < 0 || eset(ex, E_METHOD, Py_NewRef(method)) < 0
+            || eset(ex, E_KEEP_ALIVE, Py_NewRef(keep_alive)) < 0)
+            return NULL;
+    }
     /* validates; raises Reject on a bad head */
     PyObject *node = dget(self, D_NODE);
     if (node == NULL)
@@ -487,6 +512,591 @@ setup_down(PyObject *module, PyObject *args)
     S.ready = 1;
     return descrs;
 }
+
+/* -- Downstream.data_received's common case: one whole, plain request head ------------
+ * Most reads on a kept-alive connection are one complete GET or HEAD head and
+ * nothing else. Feeding those to httptools costs more than llhttp's parse:
+ * every field crosses into Python as two new bytes objects and a call
+ * (~2 us for a browser's dozen fields). Here the C recognises such a head
+ * itself and makes the same callbacks llhttp would make, in the same order,
+ * with the same arguments (on_message_begin, on_url, on_header per field,
+ * on_headers_complete with the version, method and keep-alive the parser's
+ * getters would return, on_message_complete), calling the same methods,
+ * except that a plain field (not one Downstream.on_header treats specially)
+ * is appended to the exchange's lists here, as on_header would, when the
+ * whole head is within the limits. A field line already seen keeps its
+ * bytes objects in a small cache.
+ *
+ * It recognises a strict subset of what llhttp accepts, and hands every
+ * other read to the Python data_received (and so to llhttp), before
+ * anything is changed:
+ *   "GET" or "HEAD", SP, an origin-form target of RFC 3986 characters (no
+ *   "#"), SP, "HTTP/1.1", CRLF; fields "name:" OWS value CRLF with a token
+ *   name and a non-empty value of visible ASCII, SP and HTAB that does not
+ *   end in whitespace; no field llhttp acts on (Connection,
+ *   Proxy-Connection, Content-Length, Transfer-Encoding, Upgrade); at most
+ *   64 fields; the final CRLF the last byte of the read.
+ * and only on a connection at rest: no request being parsed or answered,
+ * none queued, not closing, dead, upgraded, tunnelled or paused, no PROXY
+ * header pending, no deferred error. llhttp is then between messages (a
+ * message that ended keep-alive false leaves the connection closing), and
+ * is between messages after this one too: it never sees this head, and need
+ * not. An exception from a callback ends the read as llhttp's callback
+ * error does: Downstream._callback_failed gets it, as _feed would.
+ * tests/unit/test_fast_head.py checks the recogniser against llhttp on
+ * generated heads (same callbacks, same getters) and the node's output
+ * against the Python path's. */
+
+static unsigned char c_tchar[256], c_target[256], c_value[256];
+
+static void
+init_classes(void)
+{
+    for (int c = '0'; c <= '9'; c++)
+        c_tchar[c] = c_target[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++)
+        c_tchar[c] = c_target[c] = c_tchar[c - 32] = c_target[c - 32] = 1;
+    for (const char *p = "!#$%&'*+-.^_`|~"; *p; p++)
+        c_tchar[(unsigned char)*p] = 1;
+    for (const char *p = "-._~!$&'()*+,;=:@/?%"; *p; p++)
+        c_target[(unsigned char)*p] = 1;
+    for (int c = 0x21; c <= 0x7e; c++)
+        c_value[c] = 1;
+}
+
+#define FAST_FIELDS 64
+
+typedef struct {
+    Py_ssize_t start, name_len, value_start, value_len;
+} Field;
+
+/* 1: `d` is exactly one head of the subset above; its fields in f[0..*nf) */
+static int
+scan_head(const char *d, Py_ssize_t n, int *is_head, Py_ssize_t *tlen, Field *f, int *nf)
+{
+    Py_ssize_t i;
+    if (n >= 4 && memcmp(d, "GET ", 4) == 0) {
+        *is_head = 0;
+        i = 4;
+    } else if (n >= 5 && memcmp(d, "HEAD ", 5) == 0) {
+        *is_head = 1;
+        i = 5;
+    } else
+        return 0;
+    Py_ssize_t t0 = i;
+    if (i >= n || d[i] != '/')
+        return 0;
+    while (i < n && c_target[(unsigned char)d[i]])
+        i++;
+    *tlen = i - t0;
+    if (n - i < 11 || memcmp(d + i, " HTTP/1.1\r\n", 11) != 0)
+        return 0;
+    i += 11;
+    int k = 0;
+    for (;;) {
+        if (n - i < 2)
+            return 0;
+        if (d[i] == '\r') {
+            if (d[i + 1] != '\n' || i + 2 != n)
+                return 0;
+            *nf = k;
+            return 1;
+        }
+        if (k == FAST_FIELDS)
+            return 0;
+        Field *x = &f[k++];
+        x->start = i;
+        while (i < n && c_tchar[(unsigned char)d[i]])
+            i++;
+        x->name_len = i - x->start;
+        if (x->name_len == 0 || i >= n || d[i] != ':')
+            return 0;
+        i++;
+        while (i < n && (d[i] == ' ' || d[i] == '\t'))
+            i++;
+        x->value_start = i;
+        Py_ssize_t end = -1;   /* just past the last visible character */
+        for (; i < n; i++) {
+            unsigned char c = (unsigned char)d[i];
+            if (c_value[c])
+                end = i + 1;
+            else if (c != ' ' && c != '\t')
+                break;
+        }
+        if (end != i || end == x->value_start)
+            return 0;   /* empty, or ends in whitespace */
+        x->value_len = end - x->value_start;
+        if (n - i < 2 || d[i] != '\r' || d[i + 1] != '\n')
+            return 0;
+        i += 2;
+    }
+}
+
+/* The fields' objects, by field line (name, OWS and value): direct-mapped,
+ * a colliding line replaces the entry. Lines longer than CACHE_LINE are
+ * made afresh each time. */
+enum { K_PLAIN, K_CALL, K_LLHTTP };   /* appended here / on_header / not ours */
+#define CACHE_SIZE 512
+#define CACHE_LINE 512
+typedef struct {
+    uint64_t hash;
+    PyObject *line, *name, *value, *pair;   /* bytes, bytes, bytes, (lower-cased name, value) */
+    int kind;
+} Entry;
+static Entry cache[CACHE_SIZE];
+static unsigned long long fast_heads;   /* heads taken here, for the tests */
+
+static uint64_t
+line_hash(const char *p, Py_ssize_t n)
+{
+    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ULL, w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, (size_t)n);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 29);
+}
+
+static struct {
+    int ready;
+    unsigned int tag;         /* Downstream's type version when last checked */
+    PyObject *special;        /* downstream._SPECIAL */
+    PyObject *parsing;        /* exchange.PARSING */
+    PyObject *py_data_received, *descr, *on_header;
+    PyObject *version, *get, *head;   /* "1.1", "GET", "HEAD" */
+} F;
+
+static const char *llhttp_names[] = {"connection", "proxy-connection", "content-length",
+                                     "transfer-encoding", "upgrade"};
+
+/* a new entry's objects and kind; 0, or -1 with an exception */
+static int
+entry_fill(Entry *e, const char *d, const Field *x)
+{
+    const char *line = d + x->start;
+    Py_ssize_t line_len = x->value_start + x->value_len - x->start;
+    e->line = PyBytes_FromStringAndSize(line, line_len);
+    e->name = PyBytes_FromStringAndSize(line, x->name_len);
+    e->value = PyBytes_FromStringAndSize(d + x->value_start, x->value_len);
+    PyObject *lower = PyBytes_FromStringAndSize(NULL, x->name_len);
+    if (e->line == NULL || e->name == NULL || e->value == NULL || lower == NULL)
+        goto fail;
+    char *lp = PyBytes_AS_STRING(lower);
+    int underscore = 0;
+    for (Py_ssize_t j = 0; j < x->name_len; j++) {
+        unsigned char c = (unsigned char)line[j];
+        lp[j] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        underscore |= c == '_';
+    }
+    e->kind = K_PLAIN;
+    for (size_t j = 0; j < sizeof llhttp_names / sizeof *llhttp_names; j++)
+        if ((size_t)x->name_len == strlen(llhttp_names[j]) && memcmp(lp, llhttp_names[j], x->name_len) == 0)
+            e->kind = K_LLHTTP;
+    if (e->kind == K_PLAIN) {
+        int sp = PySet_Contains(F.special, lower);
+        if (sp < 0)
+            goto fail;
+        if (sp || underscore)
+            e->kind = K_CALL;   /* Downstream.on_header's own cases */
+    }
+    e->pair = PyTuple_Pack(2, lower, e->value);
+    Py_DECREF(lower);
+    if (e->pair == NULL)
+        goto fail_objects;
+    return 0;
+fail:
+    Py_XDECREF(lower);
+fail_objects:
+    Py_CLEAR(e->line);
+    Py_CLEAR(e->name);
+    Py_CLEAR(e->value);
+    Py_CLEAR(e->pair);
+    return -1;
+}
+
+static void
+entry_clear(Entry *e)
+{
+    Py_CLEAR(e->line);
+    Py_CLEAR(e->name);
+    Py_CLEAR(e->value);
+    Py_CLEAR(e->pair);
+}
+
+/* field x's objects, owned, into *o: from the cache, or new (and cached when
+ * the line fits); -1 with an exception */
+typedef struct {
+    PyObject *name, *value, *pair;
+    int kind;
+} Obj;
+
+static int
+field_objects(const char *d, const Field *x, Obj *o)
+{
+    const char *line = d + x->start;
+    Py_ssize_t n = x->value_start + x->value_len - x->start;
+    Entry fresh = {0};
+    Entry *e;
+    if (n > CACHE_LINE) {
+        if (entry_fill(&fresh, d, x) < 0)
+            return -1;
+        e = &fresh;
+    } else {
+        uint64_t h = line_hash(line, n);
+        e = &cache[h & (CACHE_SIZE - 1)];
+        if (e->line == NULL || e->hash != h || PyBytes_GET_SIZE(e->line) != n
+            || memcmp(PyBytes_AS_STRING(e->line), line, (size_t)n) != 0) {
+            if (entry_fill(&fresh, d, x) < 0)
+                return -1;
+            fresh.hash = h;
+            Entry old = *e;
+            *e = fresh;
+            entry_clear(&old);
+            memset(&fresh, 0, sizeof fresh);
+        }
+    }
+    o->name = Py_NewRef(e->name);
+    o->value = Py_NewRef(e->value);
+    o->pair = Py_NewRef(e->pair);
+    o->kind = e->kind;
+    entry_clear(&fresh);
+    return 0;
+}
+
+/* Is Downstream as setup_fast left it (the callbacks called or inlined here)? */
+static int
+down_unchanged(void)
+{
+    PyTypeObject *t = S.down_type;
+    if (F.tag != 0 && t->tp_version_tag == F.tag && (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return 1;
+    /* modified since (or the tag was reset): look at the methods themselves */
+    static const char *names[] = {"on_header", "on_url", "on_message_begin", "on_headers_complete",
+                                  "on_message_complete", "data_received"};
+    PyObject *want[6] = {F.on_header, NULL, NULL, NULL, NULL, F.descr};
+    for (int i = 0; i < 6; i++) {
+        PyObject *v = PyDict_GetItemString(t->tp_dict, names[i]);   /* borrowed */
+        if (v == NULL)
+            return 0;
+        if (want[i] != NULL ? v != want[i]
+            : !(Py_IS_TYPE(v, &PyMethodDescr_Type)
+                && ((PyMethodDescrObject *)v)->d_method->ml_meth == (PyCFunction)(void (*)(void))(
+                    i == 1 ? (void *)on_url : i == 2 ? (void *)on_message_begin
+                    : i == 3 ? (void *)on_headers_complete : (void *)on_message_complete)))
+            return 0;
+    }
+    PyObject *r = _PyType_Lookup(t, S.dname[D_NODE]);   /* assigns a version tag */
+    (void)r;
+    F.tag = (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? t->tp_version_tag : 0;
+    return 1;
+}
+
+/* The slots of a connection at rest (see above) */
+static int
+at_rest(PyObject *self)
+{
+    static const int nones[] = {D_TUNNEL, D_PARSING, D_CURRENT, D_DEFERRED};
+    static const int falses[] = {D_DEAD, D_UPGRADED, D_PP_PENDING, D_CLOSING};
+    for (size_t i = 0; i < sizeof nones / sizeof *nones; i++)
+        if (SLOT(self, S.doff[nones[i]]) != Py_None)
+            return 0;
+    for (size_t i = 0; i < sizeof falses / sizeof *falses; i++)
+        if (SLOT(self, S.doff[falses[i]]) != Py_False)
+            return 0;
+    PyObject *parser = SLOT(self, S.doff[D_PARSER]), *queue = SLOT(self, S.doff[D_QUEUE]),
+        *paused = SLOT(self, S.doff[D_PAUSED]);
+    if (parser == NULL || parser == Py_None || queue == NULL || paused == NULL || !PySet_CheckExact(paused)
+        || PySet_GET_SIZE(paused) != 0)
+        return 0;
+    Py_ssize_t q = PyObject_Size(queue);
+    if (q != 0) {
+        if (q < 0)
+            PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* exchange ex's int attribute (a slot), or -1 */
+static Py_ssize_t
+ex_int(PyObject *ex, int i)
+{
+    PyObject *v = SLOT(ex, S.eoff[i]);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return -1;
+    Py_ssize_t r = PyLong_AsSsize_t(v);
+    if (r == -1)
+        PyErr_Clear();
+    return r;
+}
+
+static Py_ssize_t
+limit(PyObject *limits, const char *name)
+{
+    PyObject *v = PyObject_GetAttrString(limits, name);
+    if (v == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t r = PyLong_CheckExact(v) ? PyLong_AsSsize_t(v) : -1;
+    if (r == -1)
+        PyErr_Clear();
+    Py_DECREF(v);
+    return r;
+}
+
+/* The callbacks for a recognised head; its fields' entries in e[] */
+static PyObject *
+fast_callbacks(PyObject *self, const char *d, int is_head, Py_ssize_t tlen, Obj *e, int nf)
+{
+    PyObject *ex = NULL, *r;
+    PyObject *node = dget(self, D_NODE);
+    if (node == NULL)
+        return NULL;
+    PyObject *now = call_method0(node, s_now);   /* data_received's first step */
+    Py_DECREF(node);
+    if (now == NULL)
+        return NULL;
+    slot_set(self, S.doff[D_LAST_ACTIVE], now);
+    if ((r = on_message_begin(self, NULL, 0, NULL)) == NULL)
+        goto error;
+    Py_DECREF(r);
+    ex = SLOT(self, S.doff[D_PARSING]);
+    if (ex == NULL || ex == Py_None) {
+        ex = NULL;
+        PyErr_SetString(PyExc_AssertionError, "fast head: no exchange after on_message_begin");
+        goto error;
+    }
+    Py_INCREF(ex);
+    PyObject *url = PyBytes_FromStringAndSize(d + (is_head ? 5 : 4), tlen);
+    if (url == NULL)
+        goto error;
+    r = on_url(self, &url, 1, NULL);
+    Py_DECREF(url);
+    if (r == NULL)
+        goto error;
+    Py_DECREF(r);
+    /* plain fields inline when on_header would only append them: a fresh
+     * exchange of our type, and the whole head within its limits */
+    Py_ssize_t hb = -1;
+    PyObject *headers = NULL, *names = NULL;
+    if (Py_TYPE(ex) == S.ex_type && SLOT(ex, S.eoff[E_CTX]) == Py_None
+        && SLOT(ex, S.eoff[E_STATE]) == F.parsing && SLOT(ex, S.eoff[E_LIMITS]) != NULL
+        && (headers = SLOT(ex, S.eoff[E_HEADERS])) != NULL && PyList_CheckExact(headers)
+        && (names = SLOT(ex, S.eoff[E_NAMES])) != NULL && PyList_CheckExact(names)) {
+        Py_ssize_t ul = ex_int(ex, E_URL_LEN), h0 = ex_int(ex, E_HEADER_BYTES);
+        PyObject *limits = Py_NewRef(SLOT(ex, S.eoff[E_LIMITS]));
+        Py_ssize_t max_headers = limit(limits, "max_headers"), max_bytes = limit(limits, "max_header_bytes");
+        Py_DECREF(limits);
+        Py_ssize_t total = h0;
+        for (int k = 0; k < nf; k++)
+            total += PyBytes_GET_SIZE(e[k].name) + PyBytes_GET_SIZE(e[k].value) + 4;
+        if (ul >= 0 && h0 >= 0 && max_headers >= 0 && max_bytes >= 0 && SLOT(self, S.doff[D_PARSING]) == ex
+            && PyList_GET_SIZE(headers) == 0 && nf <= max_headers && total <= max_bytes + ul) {
+            hb = h0;
+            Py_INCREF(headers);
+            Py_INCREF(names);
+        }
+    }
+    for (int k = 0; k < nf; k++) {
+        Py_ssize_t add = PyBytes_GET_SIZE(e[k].name) + PyBytes_GET_SIZE(e[k].value) + 4;
+        if (hb >= 0 && e[k].kind == K_PLAIN) {
+            if (PyList_Append(headers, e[k].pair) < 0 || PyList_Append(names, e[k].name) < 0)
+                goto error_lists;
+            hb += add;
+            continue;
+        }
+        PyObject *hbv = NULL;
+        if (hb >= 0) {
+            if ((hbv = PyLong_FromSsize_t(hb)) == NULL)
+                goto error_lists;
+            eset(ex, E_HEADER_BYTES, hbv);
+        }
+        PyObject *a[3] = {self, e[k].name, e[k].value};
+        if ((r = PyObject_Vectorcall(F.on_header, a, 3, NULL)) == NULL)
+            goto error_lists;
+        Py_DECREF(r);
+        if (hb >= 0)
+            hb += add;
+    }
+    if (hb >= 0) {
+        Py_DECREF(headers);
+        Py_DECREF(names);
+        headers = names = NULL;
+        PyObject *hbv = PyLong_FromSsize_t(hb);
+        if (hbv == NULL)
+            goto error;
+        eset(ex, E_HEADER_BYTES, hbv);
+    }
+    /* on_headers_complete, as llhttp would call it */
+    if (SLOT(self, S.doff[D_PARSING]) != ex) {
+        PyErr_SetString(PyExc_AssertionError, "fast head: the exchange changed before headers complete");
+        goto error;
+    }
+    r = headers_complete_with(self, ex, F.version, is_head ? F.head : F.get, Py_True);
+    if (r == NULL)
+        goto error;
+    Py_DECREF(r);
+    if ((r = on_message_complete(self, NULL, 0, NULL)) == NULL)
+        goto error;
+    Py_DECREF(ex);
+    return r;
+error_lists:
+    if (hb >= 0) {
+        Py_DECREF(headers);
+        Py_DECREF(names);
+    }
+error:
+    Py_XDECREF(ex);
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    /* llhttp stops at a callback's error and _feed hands it on */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyObject *a[2] = {self, value};
+    r = PyObject_VectorcallMethod(s_callback_failed, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(value);
+    return r;
+}
+
+static PyObject *
+data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!F.ready || !FAST_SELF(self) || kwnames != NULL || nargs != 1 || !PyBytes_CheckExact(args[0])
+        || !at_rest(self) || !down_unchanged())
+        goto python;
+    PyObject *data = args[0];
+    const char *d = PyBytes_AS_STRING(data);
+    Field f[FAST_FIELDS];
+    Obj o[FAST_FIELDS];
+    int is_head, nf, k, ok = 1;
+    Py_ssize_t tlen;
+    if (!scan_head(d, PyBytes_GET_SIZE(data), &is_head, &tlen, f, &nf))
+        goto python;
+    PyObject *r = NULL;
+    for (k = 0; k < nf; k++) {
+        if (field_objects(d, &f[k], &o[k]) < 0)
+            goto done;
+        ok &= o[k].kind != K_LLHTTP;
+    }
+    if (ok) {
+        Py_INCREF(data);   /* (the caller's; the callbacks run Python code) */
+        r = fast_callbacks(self, d, is_head, tlen, o, nf);
+        Py_DECREF(data);
+    }
+done:
+    for (int j = 0; j < k; j++) {
+        Py_DECREF(o[j].name);
+        Py_DECREF(o[j].value);
+        Py_DECREF(o[j].pair);
+    }
+    if (k < nf)
+        return NULL;   /* field_objects' error (memory) */
+    if (ok) {
+        fast_heads++;
+        return r;
+    }
+python:
+    return call_py(F.py_data_received, self, args, nargs, kwnames);
+}
+
+static PyMethodDef data_received_def = METHOD("data_received", data_received,
+    "Bytes from the client; a whole plain request head is parsed here (proxy/_request.c).");
+
+/* setup_fast(Downstream, PARSING, SPECIAL, py_data_received): sets
+ * Downstream.data_received to the C one (after setup_down) */
+static PyObject *
+setup_fast(PyObject *module, PyObject *args)
+{
+    PyObject *down_type, *parsing, *special, *py;
+    if (!PyArg_ParseTuple(args, "O!OOO:setup_fast", &PyType_Type, &down_type, &parsing, &special, &py))
+        return NULL;
+    if (!S.ready || (PyTypeObject *)down_type != S.down_type || !PyAnySet_Check(special)) {
+        PyErr_SetString(PyExc_TypeError, "setup_fast: call setup_down() first; SPECIAL must be a set");
+        return NULL;
+    }
+    PyObject *on_header = PyDict_GetItemString(S.down_type->tp_dict, "on_header");
+    if (on_header == NULL) {
+        PyErr_SetString(PyExc_TypeError, "setup_fast: Downstream has no on_header");
+        return NULL;
+    }
+    PyObject *descr = PyDescr_NewMethod(S.down_type, &data_received_def);
+    if (descr == NULL)
+        return NULL;
+    F.ready = 0;
+    for (int i = 0; i < CACHE_SIZE; i++)
+        entry_clear(&cache[i]);   /* the kinds depend on SPECIAL */
+    Py_INCREF(special); Py_XSETREF(F.special, special);
+    Py_INCREF(parsing); Py_XSETREF(F.parsing, parsing);
+    Py_INCREF(py); Py_XSETREF(F.py_data_received, py);
+    Py_INCREF(on_header); Py_XSETREF(F.on_header, on_header);
+    Py_XSETREF(F.descr, descr);
+    if (PyObject_SetAttrString(down_type, "data_received", descr) < 0)
+        return NULL;
+    F.tag = 0;
+    F.ready = 1;
+    down_unchanged();   /* records the type's version */
+    Py_RETURN_NONE;
+}
+
+/* scan(data) -> None, or (method, target, [(name, value), ...]) as the fast
+ * path would call back (for the tests) */
+static PyObject *
+scan(PyObject *module, PyObject *data)
+{
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "scan: bytes");
+        return NULL;
+    }
+    Field f[FAST_FIELDS];
+    int is_head, nf;
+    Py_ssize_t tlen;
+    const char *d = PyBytes_AS_STRING(data);
+    if (!scan_head(d, PyBytes_GET_SIZE(data), &is_head, &tlen, f, &nf))
+        Py_RETURN_NONE;
+    PyObject *fields = PyList_New(0);
+    if (fields == NULL)
+        return NULL;
+    for (int k = 0; k < nf; k++) {
+        Obj o;
+        if (field_objects(d, &f[k], &o) < 0) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+        int bad = o.kind == K_LLHTTP;
+        PyObject *t = bad ? NULL : PyTuple_Pack(2, o.name, o.value);
+        Py_DECREF(o.name);
+        Py_DECREF(o.value);
+        Py_DECREF(o.pair);
+        if (bad) {
+            Py_DECREF(fields);
+            Py_RETURN_NONE;
+        }
+        if (t == NULL || PyList_Append(fields, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(fields);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return Py_BuildValue("(Ny#N)", Py_NewRef(is_head ? F.head : F.get), d + (is_head ? 5 : 4), tlen, fields);
+}
+
+static PyObject *
+fast_count(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(fast_heads);
+}
+
 
 /* -- RequestContext(...) from a template ---------------------------------------------
  * RequestContext.__init__ stores its 12 arguments and 14 constants: ~0.7 us
@@ -1068,6 +1678,10 @@ static PyMethodDef methods[] = {
     {"setup_node", setup_node, METH_VARARGS,
      "setup_node(Node, globals, py_head_complete, next_request_id, count_type, RequestContext, template, "
      "stand_ins): the C Node.head_complete."},
+    {"setup_fast", setup_fast, METH_VARARGS,
+     "setup_fast(Downstream, PARSING, SPECIAL, py_data_received): the C Downstream.data_received."},
+    {"scan", scan, METH_O, "scan(data): what the fast path makes of a request head, or None (for the tests)."},
+    {"fast_count", fast_count, METH_NOARGS, "fast_count(): heads the fast path has taken (for the tests)."},
     {"new_context", (PyCFunction)(void (*)(void))new_context, METH_FASTCALL,
      "new_context(*12 args): RequestContext(...) from the template (for the tests)."},
     {NULL, NULL, 0, NULL},
@@ -1103,11 +1717,14 @@ PyInit__request(void)
         || intern(&s_client_from_xff, "client_from_xff") < 0 || intern(&s_snapshot, "snapshot") < 0
         || intern(&s_is_trusted_proxy, "is_trusted_proxy") < 0 || intern(&s_geo_lookup, "geo_lookup") < 0
         || intern(&s_format, "format") < 0 || intern(&s_next, "next") < 0 || intern(&s_init, "__init__") < 0
-        || intern(&s_slots, "__slots__") < 0 || intern(&u_empty, "") < 0)
+        || intern(&s_slots, "__slots__") < 0 || intern(&u_empty, "") < 0 || intern(&s_now, "now") < 0
+        || intern(&s_callback_failed, "_callback_failed") < 0 || intern(&F.version, "1.1") < 0
+        || intern(&F.get, "GET") < 0 || intern(&F.head, "HEAD") < 0)
         return NULL;
     if ((kw_parsing = Py_BuildValue("(s)", "parsing")) == NULL || (f_zero = PyFloat_FromDouble(0.0)) == NULL
         || (i_zero = PyLong_FromLong(0)) == NULL || (i_one = PyLong_FromLong(1)) == NULL
         || (b_question = PyBytes_FromString("?")) == NULL || (b_via = PyBytes_FromString("1.1 novaedge")) == NULL)
         return NULL;
+    init_classes();
     return PyModule_Create(&module);
 }

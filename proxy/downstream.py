@@ -274,14 +274,7 @@ class Downstream(asyncio.Protocol):
                 self.held.append(rest)
             return
         except httptools.HttpParserCallbackError as e:
-            cause = e.__context__
-            if isinstance(cause, _StopParsing):
-                return
-            if isinstance(cause, Reject):
-                self._reject_connection(cause.status, cause.reason)
-            else:
-                self.node.log_internal_error(cause or e)
-                self._reject_connection(500, "internal error")
+            self._callback_failed(e.__context__ or e)
             return
         except httptools.HttpParserInvalidURLError:
             self._reject_connection(400, "invalid request target")
@@ -322,6 +315,16 @@ class Downstream(asyncio.Protocol):
             ex.framing_bytes += len(data) - (ex.body_seen - body_before)
             if ex.framing_bytes > CHUNK_EXT_SLACK + 32 * ex.chunks + ex.trailer_bytes:
                 self._reject_connection(400, "chunk extensions too long")
+
+    def _callback_failed(self, cause: BaseException) -> None:
+        """A parser callback raised `cause`: llhttp stopped at it."""
+        if isinstance(cause, _StopParsing):
+            return
+        if isinstance(cause, Reject):
+            self._reject_connection(cause.status, cause.reason)
+        else:
+            self.node.log_internal_error(cause)
+            self._reject_connection(500, "internal error")
 
     # ------------------------------------------------------------------
     # httptools callbacks: buffer and signal
@@ -789,3 +792,13 @@ _request_c = attach("proxy._request", lambda c: c.setup_down(
 if _request_c is not None:
     (Downstream.on_url, Downstream.on_message_begin,  # type: ignore[method-assign]
      Downstream.on_headers_complete, Downstream.on_message_complete) = _request_c  # type: ignore[method-assign]
+
+
+# --- C: data_received's common case (proxy/_request.c) ---
+# A read that is exactly one plain GET/HEAD head on a connection at rest is
+# recognised in C, which makes llhttp's callbacks itself (see _request.c for
+# the subset); every other read goes to this Python method and llhttp.
+Downstream._data_received_py = Downstream.data_received   # type: ignore[attr-defined]
+if _request_c is not None:
+    attach("proxy._request", lambda c: c.setup_fast(
+        Downstream, PARSING, _SPECIAL, Downstream._data_received_py))  # type: ignore[attr-defined]
