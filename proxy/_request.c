@@ -53,12 +53,12 @@
 enum { D_PARSING, D_PARSER, D_DEAD, D_HEAD_STARTED_AT, D_LAST_ACTIVE, D_BODY_LAST, D_CURRENT,
        D_PARSED, D_NODE, D_QUEUE, D_HOST_SEEN, D_HOST_NAME, D_CLIENT_IP, D_GEO, D_TRUSTED_PEER,
        D_CLIENT_PORT, D_LISTENER, D_FWD_MEMO, D_TUNNEL, D_UPGRADED, D_PP_PENDING, D_CLOSING,
-       D_DEFERRED, D_PAUSED, N_D };
+       D_DEFERRED, D_PAUSED, D_PARSER_READY, N_D };
 static const char *d_names[N_D] = {
     "parsing", "parser", "dead", "head_started_at", "last_active", "body_last", "current",
     "parsed", "node", "queue", "host_seen", "host_name", "client_ip", "geo", "trusted_peer",
     "client_port", "listener", "fwd_memo", "tunnel", "upgraded", "pp_pending", "closing",
-    "deferred", "paused"};
+    "deferred", "paused", "parser_ready"};
 
 enum { E_URL, E_HEADER_BYTES, E_URL_LEN, E_LIMITS, E_VERSION, E_METHOD, E_KEEP_ALIVE,
        E_DECLARED_LEN, E_CHUNKED, E_BODY_COMPLETE, E_STATE, E_HOST_VALUE, E_HEADERS, E_CTX,
@@ -86,7 +86,7 @@ static PyObject *s_new_exchange, *s_max_request_line, *s_get_http_version, *s_ge
     *s_next_request_id, *s_id_prefix, *s_ids, *s_started, *s_hooks, *s_header_actions,
     *s_forward_headers, *s_name, *s_scheme, *s_client_from_xff, *s_snapshot,
     *s_is_trusted_proxy, *s_geo_lookup, *s_format, *s_next, *s_init, *s_slots,
-    *s_now, *s_callback_failed, *kw_parsing, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
+    *s_now, *s_callback_failed, *s_max_headers, *s_max_header_bytes, *kw_parsing, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
 
 /* obj.<slot>, owned: an unset slot raises what Python raises */
 static PyObject *
@@ -402,9 +402,20 @@ headers_complete_with(PyObject *self, PyObject *ex, PyObject *version, PyObject 
     Py_RETURN_NONE;
 }
 
-/* -- Downstream.on_message_complete ------------------------------------------------ */
+/* -- Downstream.on_message_complete ------------------------------------------------
+ * ask: note whether llhttp takes another message (0 from the fast path, whose
+ * heads leave it as it was: ready) */
+static PyObject *message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                                  int ask);
+
 static PyObject *
 on_message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return message_complete(self, args, nargs, kwnames, 1);
+}
+
+static PyObject *
+message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int ask)
 {
     if (!FAST_SELF(self) || kwnames != NULL || nargs != 0)
         goto python;
@@ -413,6 +424,17 @@ on_message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyO
         goto python;   /* Python's assert */
     Py_INCREF(ex);
     PyObject *r = NULL;
+    if (ask) {
+        PyObject *parser = SLOT(self, S.doff[D_PARSER]), *ready = Py_NewRef(Py_False);
+        if (parser != NULL && parser != Py_None) {
+            Py_INCREF(parser);
+            Py_SETREF(ready, call_method0(parser, s_should_keep_alive));
+            Py_DECREF(parser);
+            if (ready == NULL)
+                goto done;
+        }
+        slot_set(self, S.doff[D_PARSER_READY], ready);
+    }
     slot_set(self, S.doff[D_BODY_LAST], Py_NewRef(f_zero));
     slot_set(self, S.doff[D_PARSING], Py_NewRef(Py_None));
     PyObject *parsed = dget(self, D_PARSED);
@@ -661,12 +683,19 @@ line_hash(const char *p, Py_ssize_t n)
     return h ^ (h >> 29);
 }
 
+/* the methods of Downstream called, inlined or bypassed here */
+enum { M_ON_HEADER, M_ON_URL, M_BEGIN, M_HEADERS_COMPLETE, M_MESSAGE_COMPLETE, M_DATA_RECEIVED, M_FEED, N_M };
+static const char *m_names[N_M] = {"on_header", "on_url", "on_message_begin", "on_headers_complete",
+                                   "on_message_complete", "data_received", "_feed"};
+
 static struct {
     int ready;
     unsigned int tag;         /* Downstream's type version when last checked */
     PyObject *special;        /* downstream._SPECIAL */
     PyObject *parsing;        /* exchange.PARSING */
     PyObject *py_data_received, *descr, *on_header;
+    PyObject *m_name[N_M], *method[N_M];   /* interned names; Downstream.__dict__'s values at setup */
+    Py_ssize_t feed_slice;                 /* downstream.FEED_SLICE: longer reads are llhttp's */
     PyObject *version, *get, *head;   /* "1.1", "GET", "HEAD" */
 } F;
 
@@ -767,31 +796,36 @@ field_objects(const char *d, const Field *x, Obj *o)
     return 0;
 }
 
-/* Is Downstream as setup_fast left it (the callbacks called or inlined here)? */
+/* Is Downstream as setup_fast left it: the methods called, inlined or
+ * bypassed here the same objects? */
+
+static int
+tag_valid(PyTypeObject *t)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return t->tp_version_tag != 0;   /* (3.13 no longer sets the flag) */
+#else
+    return (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) != 0;
+#endif
+}
+
 static int
 down_unchanged(void)
 {
     PyTypeObject *t = S.down_type;
-    if (F.tag != 0 && t->tp_version_tag == F.tag && (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+    if (F.tag != 0 && t->tp_version_tag == F.tag && tag_valid(t))
         return 1;
-    /* modified since (or the tag was reset): look at the methods themselves */
-    static const char *names[] = {"on_header", "on_url", "on_message_begin", "on_headers_complete",
-                                  "on_message_complete", "data_received"};
-    PyObject *want[6] = {F.on_header, NULL, NULL, NULL, NULL, F.descr};
-    for (int i = 0; i < 6; i++) {
-        PyObject *v = PyDict_GetItemString(t->tp_dict, names[i]);   /* borrowed */
-        if (v == NULL)
+    /* modified since (or never tagged): look at the methods themselves */
+    for (int i = 0; i < N_M; i++) {
+        PyObject *v = PyDict_GetItemWithError(t->tp_dict, F.m_name[i]);   /* borrowed */
+        if (v != F.method[i]) {
+            if (v == NULL)
+                PyErr_Clear();
             return 0;
-        if (want[i] != NULL ? v != want[i]
-            : !(Py_IS_TYPE(v, &PyMethodDescr_Type)
-                && ((PyMethodDescrObject *)v)->d_method->ml_meth == (PyCFunction)(void (*)(void))(
-                    i == 1 ? (void *)on_url : i == 2 ? (void *)on_message_begin
-                    : i == 3 ? (void *)on_headers_complete : (void *)on_message_complete)))
-            return 0;
+        }
     }
-    PyObject *r = _PyType_Lookup(t, S.dname[D_NODE]);   /* assigns a version tag */
-    (void)r;
-    F.tag = (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? t->tp_version_tag : 0;
+    (void)_PyType_Lookup(t, F.m_name[0]);   /* gives the type a version tag again */
+    F.tag = tag_valid(t) ? t->tp_version_tag : 0;
     return 1;
 }
 
@@ -801,6 +835,8 @@ at_rest(PyObject *self)
 {
     static const int nones[] = {D_TUNNEL, D_PARSING, D_CURRENT, D_DEFERRED};
     static const int falses[] = {D_DEAD, D_UPGRADED, D_PP_PENDING, D_CLOSING};
+    if (SLOT(self, S.doff[D_PARSER_READY]) != Py_True)
+        return 0;
     for (size_t i = 0; i < sizeof nones / sizeof *nones; i++)
         if (SLOT(self, S.doff[nones[i]]) != Py_None)
             return 0;
@@ -835,9 +871,9 @@ ex_int(PyObject *ex, int i)
 }
 
 static Py_ssize_t
-limit(PyObject *limits, const char *name)
+limit(PyObject *limits, PyObject *name)
 {
-    PyObject *v = PyObject_GetAttrString(limits, name);
+    PyObject *v = PyObject_GetAttr(limits, name);
     if (v == NULL) {
         PyErr_Clear();
         return -1;
@@ -884,19 +920,21 @@ fast_callbacks(PyObject *self, const char *d, int is_head, Py_ssize_t tlen, Obj 
      * exchange of our type, and the whole head within its limits */
     Py_ssize_t hb = -1;
     PyObject *headers = NULL, *names = NULL;
-    if (Py_TYPE(ex) == S.ex_type && SLOT(ex, S.eoff[E_CTX]) == Py_None
-        && SLOT(ex, S.eoff[E_STATE]) == F.parsing && SLOT(ex, S.eoff[E_LIMITS]) != NULL
-        && (headers = SLOT(ex, S.eoff[E_HEADERS])) != NULL && PyList_CheckExact(headers)
-        && (names = SLOT(ex, S.eoff[E_NAMES])) != NULL && PyList_CheckExact(names)) {
-        Py_ssize_t ul = ex_int(ex, E_URL_LEN), h0 = ex_int(ex, E_HEADER_BYTES);
+    if (Py_TYPE(ex) == S.ex_type && SLOT(ex, S.eoff[E_LIMITS]) != NULL) {
+        /* the limits first: their look-ups could run Python code; the slots after */
         PyObject *limits = Py_NewRef(SLOT(ex, S.eoff[E_LIMITS]));
-        Py_ssize_t max_headers = limit(limits, "max_headers"), max_bytes = limit(limits, "max_header_bytes");
+        Py_ssize_t max_headers = limit(limits, s_max_headers), max_bytes = limit(limits, s_max_header_bytes);
         Py_DECREF(limits);
-        Py_ssize_t total = h0;
+        Py_ssize_t ul = ex_int(ex, E_URL_LEN), h0 = ex_int(ex, E_HEADER_BYTES), total = h0;
         for (int k = 0; k < nf; k++)
             total += PyBytes_GET_SIZE(e[k].name) + PyBytes_GET_SIZE(e[k].value) + 4;
-        if (ul >= 0 && h0 >= 0 && max_headers >= 0 && max_bytes >= 0 && SLOT(self, S.doff[D_PARSING]) == ex
-            && PyList_GET_SIZE(headers) == 0 && nf <= max_headers && total <= max_bytes + ul) {
+        headers = SLOT(ex, S.eoff[E_HEADERS]);
+        names = SLOT(ex, S.eoff[E_NAMES]);
+        if (SLOT(ex, S.eoff[E_CTX]) == Py_None && SLOT(ex, S.eoff[E_STATE]) == F.parsing
+            && headers != NULL && PyList_CheckExact(headers) && PyList_GET_SIZE(headers) == 0
+            && names != NULL && PyList_CheckExact(names) && SLOT(self, S.doff[D_PARSING]) == ex
+            && ul >= 0 && h0 >= 0 && max_headers >= 0 && max_bytes >= 0
+            && nf <= max_headers && total <= max_bytes + ul) {
             hb = h0;
             Py_INCREF(headers);
             Py_INCREF(names);
@@ -941,7 +979,7 @@ fast_callbacks(PyObject *self, const char *d, int is_head, Py_ssize_t tlen, Obj 
     if (r == NULL)
         goto error;
     Py_DECREF(r);
-    if ((r = on_message_complete(self, NULL, 0, NULL)) == NULL)
+    if ((r = message_complete(self, NULL, 0, NULL, 0)) == NULL)
         goto error;
     Py_DECREF(ex);
     return r;
@@ -952,9 +990,8 @@ error_lists:
     }
 error:
     Py_XDECREF(ex);
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
-        return NULL;
-    /* llhttp stops at a callback's error and _feed hands it on */
+    /* llhttp stops at a callback's error (any BaseException: httptools
+     * catches them all) and _feed hands it on, inside its except clause */
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
@@ -962,8 +999,12 @@ error:
         PyException_SetTraceback(value, tb);
     Py_XDECREF(type);
     Py_XDECREF(tb);
+    PyObject *handled = PyErr_GetHandledException();
+    PyErr_SetHandledException(value);
     PyObject *a[2] = {self, value};
     r = PyObject_VectorcallMethod(s_callback_failed, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyErr_SetHandledException(handled);
+    Py_XDECREF(handled);
     Py_DECREF(value);
     return r;
 }
@@ -980,8 +1021,8 @@ data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     Obj o[FAST_FIELDS];
     int is_head, nf, k, ok = 1;
     Py_ssize_t tlen;
-    if (!scan_head(d, PyBytes_GET_SIZE(data), &is_head, &tlen, f, &nf))
-        goto python;
+    if (PyBytes_GET_SIZE(data) > F.feed_slice || !scan_head(d, PyBytes_GET_SIZE(data), &is_head, &tlen, f, &nf))
+        goto python;   /* (a longer read is fed to llhttp in slices, the head's raw size bounded) */
     PyObject *r = NULL;
     for (k = 0; k < nf; k++) {
         if (field_objects(d, &f[k], &o[k]) < 0)
@@ -1012,36 +1053,57 @@ python:
 static PyMethodDef data_received_def = METHOD("data_received", data_received,
     "Bytes from the client; a whole plain request head is parsed here (proxy/_request.c).");
 
-/* setup_fast(Downstream, PARSING, SPECIAL, py_data_received): sets
- * Downstream.data_received to the C one (after setup_down) */
+/* setup_fast(Downstream, PARSING, SPECIAL, FEED_SLICE, py_data_received):
+ * sets Downstream.data_received to the C one (after setup_down, with
+ * Downstream's on_url, on_message_begin, on_headers_complete and
+ * on_message_complete the C ones: they are called directly) */
 static PyObject *
 setup_fast(PyObject *module, PyObject *args)
 {
     PyObject *down_type, *parsing, *special, *py;
-    if (!PyArg_ParseTuple(args, "O!OOO:setup_fast", &PyType_Type, &down_type, &parsing, &special, &py))
+    Py_ssize_t feed_slice;
+    if (!PyArg_ParseTuple(args, "O!OOnO:setup_fast", &PyType_Type, &down_type, &parsing, &special, &feed_slice,
+                          &py))
         return NULL;
     if (!S.ready || (PyTypeObject *)down_type != S.down_type || !PyAnySet_Check(special)) {
         PyErr_SetString(PyExc_TypeError, "setup_fast: call setup_down() first; SPECIAL must be a set");
         return NULL;
     }
-    PyObject *on_header = PyDict_GetItemString(S.down_type->tp_dict, "on_header");
-    if (on_header == NULL) {
-        PyErr_SetString(PyExc_TypeError, "setup_fast: Downstream has no on_header");
-        return NULL;
+    PyObject *dict = S.down_type->tp_dict;
+    void *ours[N_M] = {NULL, (void *)on_url, (void *)on_message_begin, (void *)on_headers_complete,
+                       (void *)on_message_complete, NULL, NULL};
+    for (int i = 0; i < N_M; i++) {
+        if (F.m_name[i] == NULL && (F.m_name[i] = PyUnicode_InternFromString(m_names[i])) == NULL)
+            return NULL;
+        PyObject *v = PyDict_GetItemWithError(dict, F.m_name[i]);
+        if (v == NULL && !PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "setup_fast: Downstream has no %s", m_names[i]);
+        if (v == NULL)
+            return NULL;
+        if (ours[i] != NULL && !(Py_IS_TYPE(v, &PyMethodDescr_Type)
+                                 && (void *)((PyMethodDescrObject *)v)->d_method->ml_meth == ours[i])) {
+            PyErr_Format(PyExc_TypeError, "setup_fast: Downstream.%s is not _request.c's", m_names[i]);
+            return NULL;
+        }
     }
     PyObject *descr = PyDescr_NewMethod(S.down_type, &data_received_def);
     if (descr == NULL)
         return NULL;
     F.ready = 0;
+    if (PyObject_SetAttr(down_type, F.m_name[M_DATA_RECEIVED], descr) < 0) {
+        Py_DECREF(descr);
+        return NULL;
+    }
     for (int i = 0; i < CACHE_SIZE; i++)
         entry_clear(&cache[i]);   /* the kinds depend on SPECIAL */
+    for (int i = 0; i < N_M; i++)
+        Py_XSETREF(F.method[i], Py_NewRef(i == M_DATA_RECEIVED ? descr : PyDict_GetItem(dict, F.m_name[i])));
     Py_INCREF(special); Py_XSETREF(F.special, special);
     Py_INCREF(parsing); Py_XSETREF(F.parsing, parsing);
     Py_INCREF(py); Py_XSETREF(F.py_data_received, py);
-    Py_INCREF(on_header); Py_XSETREF(F.on_header, on_header);
+    Py_XSETREF(F.on_header, Py_NewRef(F.method[M_ON_HEADER]));
     Py_XSETREF(F.descr, descr);
-    if (PyObject_SetAttrString(down_type, "data_received", descr) < 0)
-        return NULL;
+    F.feed_slice = feed_slice;
     F.tag = 0;
     F.ready = 1;
     down_unchanged();   /* records the type's version */
@@ -1718,7 +1780,8 @@ PyInit__request(void)
         || intern(&s_is_trusted_proxy, "is_trusted_proxy") < 0 || intern(&s_geo_lookup, "geo_lookup") < 0
         || intern(&s_format, "format") < 0 || intern(&s_next, "next") < 0 || intern(&s_init, "__init__") < 0
         || intern(&s_slots, "__slots__") < 0 || intern(&u_empty, "") < 0 || intern(&s_now, "now") < 0
-        || intern(&s_callback_failed, "_callback_failed") < 0 || intern(&F.version, "1.1") < 0
+        || intern(&s_callback_failed, "_callback_failed") < 0
+        || intern(&s_max_headers, "max_headers") < 0 || intern(&s_max_header_bytes, "max_header_bytes") < 0 || intern(&F.version, "1.1") < 0
         || intern(&F.get, "GET") < 0 || intern(&F.head, "HEAD") < 0)
         return NULL;
     if ((kw_parsing = Py_BuildValue("(s)", "parsing")) == NULL || (f_zero = PyFloat_FromDouble(0.0)) == NULL

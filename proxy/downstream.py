@@ -45,6 +45,7 @@ class Downstream(asyncio.Protocol):
         "tunnel", "held", "upgraded", "requests", "protect_memo", "closed",
         "dead", "deferred", "write_paused", "client_eof", "linger_until", "parsed",
         "advancing", "eof_sent", "write_paused_since", "host_seen", "host_name", "fwd_memo",
+        "parser_ready",
     )
 
     def __init__(self, node: "Node", listener: "Listener",
@@ -88,6 +89,9 @@ class Downstream(asyncio.Protocol):
         self.host_seen: bytes | None = None      # the last Host value validated on this connection
         self.host_name = ""                      # ... and its host part, lower-cased
         self.fwd_memo: list[object] = [None, b""]   # build_upstream_head's forwarding fields
+        # llhttp is known to be between messages and to take a new one (a new
+        # parser is): what lets _request.c's data_received parse a head itself.
+        self.parser_ready = True
 
     # ------------------------------------------------------------------
     # connection
@@ -264,6 +268,7 @@ class Downstream(asyncio.Protocol):
         before = self.parsing
         body_before = before.body_seen if before is not None else 0
         parsed_before = self.parsed
+        self.parser_ready = False
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -431,6 +436,11 @@ class Downstream(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
+        # llhttp takes another message after this one unless this one closed it
+        # (Connection: close, HTTP/1.0, a Connection field in the trailer): asked
+        # now, while it knows (its flags are reset after this callback).
+        parser = self.parser
+        self.parser_ready = parser is not None and parser.should_keep_alive()
         self.body_last = 0.0
         self.parsing = None
         self.parsed += 1
@@ -801,4 +811,4 @@ if _request_c is not None:
 Downstream._data_received_py = Downstream.data_received   # type: ignore[attr-defined]
 if _request_c is not None:
     attach("proxy._request", lambda c: c.setup_fast(
-        Downstream, PARSING, _SPECIAL, Downstream._data_received_py))  # type: ignore[attr-defined]
+        Downstream, PARSING, _SPECIAL, FEED_SLICE, Downstream._data_received_py))  # type: ignore[attr-defined]

@@ -234,6 +234,13 @@ def python_data_received() -> Iterator[None]:
         Downstream.data_received = saved  # type: ignore[method-assign]
 
 
+def compared(down: Downstream) -> tuple[Any, Any, Any]:
+    """state(), less parser_ready: the Python path's own note on llhttp (the C leaves it)."""
+    conn, node, objects = state(down)  # type: ignore[misc]
+    conn.pop("parser_ready")
+    return conn, node, objects
+
+
 def run_both(chunks: list[bytes], limits: dict[str, int], answer: bool, host_seen: bytes | None,
              ) -> int:
     """Both ways; how many heads the C took."""
@@ -246,7 +253,7 @@ def run_both(chunks: list[bytes], limits: dict[str, int], answer: bool, host_see
                 down.data_received(chunk)
             if not reference:
                 taken = _request.fast_count() - before
-            results.append(state(down))
+            results.append(compared(down))
     assert results[0][0] == results[1][0]   # the connection
     assert results[0][1] == results[1][1]   # the node and its hooks
     assert results[0][2] == results[1][2]   # the exchanges and contexts
@@ -298,7 +305,7 @@ def test_a_failing_callback_ends_the_read_as_llhttp_s_error_does() -> None:
             down.data_received(MINIMAL)
             down.data_received(MINIMAL)   # the connection is dead now: dropped
             written = b"".join(x for x in down.transport.log if isinstance(x, bytes))  # type: ignore[union-attr]
-            results.append((state(down), [repr(e) for e in logged], written))
+            results.append((compared(down), [repr(e) for e in logged], written))
     assert results[0] == results[1]
     assert results[0][1] == ["RuntimeError('dispatch failed')"]
     assert results[0][2].startswith(b"HTTP/1.1 500 ")
@@ -336,3 +343,108 @@ def test_no_reference_is_leaked() -> None:
     run(4000)
     gc.collect()
     assert sys.getallocatedblocks() - blocks < 200
+
+
+# -- the review's cases ----------------------------------------------------------------
+
+def both(fn: Any) -> list[Any]:
+    """fn() through the C, then through the Python data_received."""
+    out = []
+    for reference in (False, True):
+        with python_data_received() if reference else contextlib.nullcontext():
+            out.append(fn())
+    return out
+
+
+def test_a_connection_close_in_a_trailer_leaves_llhttp_closed() -> None:
+    # llhttp reads Connection in trailer fields too: after this message it takes
+    # no other, though the head said keep-alive; the C must not take the next
+    def run() -> tuple[int, bool]:
+        node = make_node({}, answer=False)
+        down = make_down(node, False, None)
+        down.data_received(b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"0\r\nConnection: close\r\n\r\n")
+        down.response_finished(node.dispatched[0], close=False)  # type: ignore[attr-defined]
+        down.data_received(MINIMAL)
+        return len(node.dispatched), down.dead  # type: ignore[attr-defined]
+    c, py = both(run)
+    assert c == py == (1, True)
+
+
+def test_a_head_over_a_feed_slice_is_bounded_by_its_raw_size() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a.example\r\nX: " + b" " * 70000 + b"v\r\n\r\n"
+
+    def run() -> bytes:
+        down = make_down(make_node({}, answer=True), False, None)
+        down.data_received(head)
+        return b"".join(x for x in down.transport.log if isinstance(x, bytes)).split(b"\r\n")[0]  # type: ignore[union-attr]
+    c, py = both(run)
+    assert c == py and c.startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_base_exception_from_a_callback_is_llhttp_s_callback_error_too() -> None:
+    import asyncio
+
+    def run() -> tuple[object, bool]:
+        node = make_node({}, answer=False)
+        node.log_internal_error = lambda e: None  # type: ignore[method-assign]
+
+        def boom(d: Any, ex: Any) -> None:
+            raise asyncio.CancelledError()
+
+        node.dispatch = boom  # type: ignore[method-assign]
+        down = make_down(node, False, None)
+        try:
+            down.data_received(MINIMAL)
+        except BaseException as e:
+            return type(e).__name__, down.dead
+        return None, down.dead
+    c, py = both(run)
+    assert c == py == (None, True)
+
+
+def test_limits_that_replace_the_lists_while_read() -> None:
+    # a contrived limits object whose look-up replaces the exchange's lists: the
+    # C must read them after the limits (it held them borrowed: a use after free)
+    import types
+    node = make_node({}, answer=False)
+    down = make_down(node, False, None)
+    real = node.snapshot.config.limits
+
+    class OddLimits:
+        max_request_line = real.max_request_line
+        max_header_bytes = real.max_header_bytes
+
+        reads = 0
+
+        @property
+        def max_headers(self) -> int:
+            OddLimits.reads += 1
+            if OddLimits.reads == 1:   # the C's read, before any field
+                ex = down.parsing
+                assert ex is not None
+                ex.headers, ex.names = [], []
+                [bytearray(64) for _ in range(1000)]   # reuse the freed memory
+            return 100
+
+    node.snapshot = types.SimpleNamespace(  # type: ignore[assignment]
+        config=types.SimpleNamespace(limits=OddLimits()),
+        **{k: getattr(node.snapshot, k) for k in dir(node.snapshot) if not k.startswith("_") and k != "config"})
+    before = _request.fast_count()
+    down.data_received(b"GET / HTTP/1.1\r\nAccept: */*\r\nHost: a.example\r\nX-A: 1\r\n\r\n")
+    assert _request.fast_count() == before + 1
+    ex = node.dispatched[-1]  # type: ignore[attr-defined]
+    assert ex.headers == [(b"accept", b"*/*"), (b"host", b"a.example"), (b"x-a", b"1")]
+    assert ex.names == [b"Accept", b"Host", b"X-A"]
+
+
+def test_a_replaced_feed_turns_the_c_off() -> None:
+    down = make_down(make_node({}, answer=True), False, None)
+    saved = Downstream.__dict__["_feed"]
+    seen: list[bytes] = []
+    try:
+        Downstream._feed = lambda self, data: (seen.append(data), saved(self, data))  # type: ignore[method-assign]
+        down.data_received(MINIMAL)
+    finally:
+        Downstream._feed = saved  # type: ignore[method-assign]
+    assert seen == [MINIMAL] and down.parsed == 1
