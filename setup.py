@@ -12,7 +12,7 @@ from setuptools import Extension, setup
 
 def ext(name: str, source: str) -> Extension:
     # -ffp-contract=off: no fused multiply-add, so the C arithmetic rounds as Python's does
-    return Extension(name, [source], depends=["proxy/_slots.h"],
+    return Extension(name, [source], depends=["proxy/_slots.h", "proxy/_heads.h"],
                      extra_compile_args=["-O2", "-Wall", "-ffp-contract=off"], optional=True)
 
 

@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "_slots.h"
+#include "_heads.h"
 
 
 
@@ -403,8 +404,8 @@ headers_complete_with(PyObject *self, PyObject *ex, PyObject *version, PyObject 
 }
 
 /* -- Downstream.on_message_complete ------------------------------------------------
- * ask: note whether llhttp takes another message (0 from the fast path, whose
- * heads leave it as it was: ready) */
+ * ask: note whether llhttp takes another message (0: from the fast path, whose
+ * heads leave it as it was, ready for one) */
 static PyObject *message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                                   int ask);
 
@@ -424,9 +425,9 @@ message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
         goto python;   /* Python's assert */
     Py_INCREF(ex);
     PyObject *r = NULL;
-    if (ask) {
-        PyObject *parser = SLOT(self, S.doff[D_PARSER]), *ready = Py_NewRef(Py_False);
-        if (parser != NULL && parser != Py_None) {
+    {
+        PyObject *parser = SLOT(self, S.doff[D_PARSER]), *ready = Py_NewRef(ask ? Py_False : Py_True);
+        if (ask && parser != NULL && parser != Py_None) {
             Py_INCREF(parser);
             Py_SETREF(ready, call_method0(parser, s_should_keep_alive));
             Py_DECREF(parser);
@@ -569,29 +570,6 @@ setup_down(PyObject *module, PyObject *args)
  * generated heads (same callbacks, same getters) and the node's output
  * against the Python path's. */
 
-static unsigned char c_tchar[256], c_target[256], c_value[256];
-
-static void
-init_classes(void)
-{
-    for (int c = '0'; c <= '9'; c++)
-        c_tchar[c] = c_target[c] = 1;
-    for (int c = 'a'; c <= 'z'; c++)
-        c_tchar[c] = c_target[c] = c_tchar[c - 32] = c_target[c - 32] = 1;
-    for (const char *p = "!#$%&'*+-.^_`|~"; *p; p++)
-        c_tchar[(unsigned char)*p] = 1;
-    for (const char *p = "-._~!$&'()*+,;=:@/?%"; *p; p++)
-        c_target[(unsigned char)*p] = 1;
-    for (int c = 0x21; c <= 0x7e; c++)
-        c_value[c] = 1;
-}
-
-#define FAST_FIELDS 64
-
-typedef struct {
-    Py_ssize_t start, name_len, value_start, value_len;
-} Field;
-
 /* 1: `d` is exactly one head of the subset above; its fields in f[0..*nf) */
 static int
 scan_head(const char *d, Py_ssize_t n, int *is_head, Py_ssize_t *tlen, Field *f, int *nf)
@@ -614,73 +592,7 @@ scan_head(const char *d, Py_ssize_t n, int *is_head, Py_ssize_t *tlen, Field *f,
     if (n - i < 11 || memcmp(d + i, " HTTP/1.1\r\n", 11) != 0)
         return 0;
     i += 11;
-    int k = 0;
-    for (;;) {
-        if (n - i < 2)
-            return 0;
-        if (d[i] == '\r') {
-            if (d[i + 1] != '\n' || i + 2 != n)
-                return 0;
-            *nf = k;
-            return 1;
-        }
-        if (k == FAST_FIELDS)
-            return 0;
-        Field *x = &f[k++];
-        x->start = i;
-        while (i < n && c_tchar[(unsigned char)d[i]])
-            i++;
-        x->name_len = i - x->start;
-        if (x->name_len == 0 || i >= n || d[i] != ':')
-            return 0;
-        i++;
-        while (i < n && (d[i] == ' ' || d[i] == '\t'))
-            i++;
-        x->value_start = i;
-        Py_ssize_t end = -1;   /* just past the last visible character */
-        for (; i < n; i++) {
-            unsigned char c = (unsigned char)d[i];
-            if (c_value[c])
-                end = i + 1;
-            else if (c != ' ' && c != '\t')
-                break;
-        }
-        if (end != i || end == x->value_start)
-            return 0;   /* empty, or ends in whitespace */
-        x->value_len = end - x->value_start;
-        if (n - i < 2 || d[i] != '\r' || d[i + 1] != '\n')
-            return 0;
-        i += 2;
-    }
-}
-
-/* The fields' objects, by field line (name, OWS and value): direct-mapped,
- * a colliding line replaces the entry. Lines longer than CACHE_LINE are
- * made afresh each time. */
-enum { K_PLAIN, K_CALL, K_LLHTTP };   /* appended here / on_header / not ours */
-#define CACHE_SIZE 512
-#define CACHE_LINE 512
-typedef struct {
-    uint64_t hash;
-    PyObject *line, *name, *value, *pair;   /* bytes, bytes, bytes, (lower-cased name, value) */
-    int kind;
-} Entry;
-static Entry cache[CACHE_SIZE];
-static unsigned long long fast_heads;   /* heads taken here, for the tests */
-
-static uint64_t
-line_hash(const char *p, Py_ssize_t n)
-{
-    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ULL, w;
-    for (; n >= 8; p += 8, n -= 8) {
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
-        h ^= h >> 32;
-    }
-    w = 0;
-    memcpy(&w, p, (size_t)n);
-    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
-    return h ^ (h >> 29);
+    return scan_fields(d, n, i, f, nf) == n;
 }
 
 /* the methods of Downstream called, inlined or bypassed here */
@@ -699,102 +611,7 @@ static struct {
     PyObject *version, *get, *head;   /* "1.1", "GET", "HEAD" */
 } F;
 
-static const char *llhttp_names[] = {"connection", "proxy-connection", "content-length",
-                                     "transfer-encoding", "upgrade"};
-
-/* a new entry's objects and kind; 0, or -1 with an exception */
-static int
-entry_fill(Entry *e, const char *d, const Field *x)
-{
-    const char *line = d + x->start;
-    Py_ssize_t line_len = x->value_start + x->value_len - x->start;
-    e->line = PyBytes_FromStringAndSize(line, line_len);
-    e->name = PyBytes_FromStringAndSize(line, x->name_len);
-    e->value = PyBytes_FromStringAndSize(d + x->value_start, x->value_len);
-    PyObject *lower = PyBytes_FromStringAndSize(NULL, x->name_len);
-    if (e->line == NULL || e->name == NULL || e->value == NULL || lower == NULL)
-        goto fail;
-    char *lp = PyBytes_AS_STRING(lower);
-    int underscore = 0;
-    for (Py_ssize_t j = 0; j < x->name_len; j++) {
-        unsigned char c = (unsigned char)line[j];
-        lp[j] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-        underscore |= c == '_';
-    }
-    e->kind = K_PLAIN;
-    for (size_t j = 0; j < sizeof llhttp_names / sizeof *llhttp_names; j++)
-        if ((size_t)x->name_len == strlen(llhttp_names[j]) && memcmp(lp, llhttp_names[j], x->name_len) == 0)
-            e->kind = K_LLHTTP;
-    if (e->kind == K_PLAIN) {
-        int sp = PySet_Contains(F.special, lower);
-        if (sp < 0)
-            goto fail;
-        if (sp || underscore)
-            e->kind = K_CALL;   /* Downstream.on_header's own cases */
-    }
-    e->pair = PyTuple_Pack(2, lower, e->value);
-    Py_DECREF(lower);
-    if (e->pair == NULL)
-        goto fail_objects;
-    return 0;
-fail:
-    Py_XDECREF(lower);
-fail_objects:
-    Py_CLEAR(e->line);
-    Py_CLEAR(e->name);
-    Py_CLEAR(e->value);
-    Py_CLEAR(e->pair);
-    return -1;
-}
-
-static void
-entry_clear(Entry *e)
-{
-    Py_CLEAR(e->line);
-    Py_CLEAR(e->name);
-    Py_CLEAR(e->value);
-    Py_CLEAR(e->pair);
-}
-
-/* field x's objects, owned, into *o: from the cache, or new (and cached when
- * the line fits); -1 with an exception */
-typedef struct {
-    PyObject *name, *value, *pair;
-    int kind;
-} Obj;
-
-static int
-field_objects(const char *d, const Field *x, Obj *o)
-{
-    const char *line = d + x->start;
-    Py_ssize_t n = x->value_start + x->value_len - x->start;
-    Entry fresh = {0};
-    Entry *e;
-    if (n > CACHE_LINE) {
-        if (entry_fill(&fresh, d, x) < 0)
-            return -1;
-        e = &fresh;
-    } else {
-        uint64_t h = line_hash(line, n);
-        e = &cache[h & (CACHE_SIZE - 1)];
-        if (e->line == NULL || e->hash != h || PyBytes_GET_SIZE(e->line) != n
-            || memcmp(PyBytes_AS_STRING(e->line), line, (size_t)n) != 0) {
-            if (entry_fill(&fresh, d, x) < 0)
-                return -1;
-            fresh.hash = h;
-            Entry old = *e;
-            *e = fresh;
-            entry_clear(&old);
-            memset(&fresh, 0, sizeof fresh);
-        }
-    }
-    o->name = Py_NewRef(e->name);
-    o->value = Py_NewRef(e->value);
-    o->pair = Py_NewRef(e->pair);
-    o->kind = e->kind;
-    entry_clear(&fresh);
-    return 0;
-}
+static unsigned long long fast_heads;   /* heads taken here, for the tests */
 
 /* Is Downstream as setup_fast left it: the methods called, inlined or
  * bypassed here the same objects? */
@@ -898,6 +715,7 @@ fast_callbacks(PyObject *self, const char *d, int is_head, Py_ssize_t tlen, Obj 
     if (now == NULL)
         return NULL;
     slot_set(self, S.doff[D_LAST_ACTIVE], now);
+    slot_put(self, S.doff[D_PARSER_READY], Py_False);   /* as _feed, until the message completes */
     if ((r = on_message_begin(self, NULL, 0, NULL)) == NULL)
         goto error;
     Py_DECREF(r);
@@ -1025,7 +843,7 @@ data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         goto python;   /* (a longer read is fed to llhttp in slices, the head's raw size bounded) */
     PyObject *r = NULL;
     for (k = 0; k < nf; k++) {
-        if (field_objects(d, &f[k], &o[k]) < 0)
+        if (field_objects(d, &f[k], &o[k], F.special) < 0)
             goto done;
         ok &= o[k].kind != K_LLHTTP;
     }
@@ -1130,7 +948,7 @@ scan(PyObject *module, PyObject *data)
         return NULL;
     for (int k = 0; k < nf; k++) {
         Obj o;
-        if (field_objects(d, &f[k], &o) < 0) {
+        if (field_objects(d, &f[k], &o, F.special) < 0) {
             Py_DECREF(fields);
             return NULL;
         }

@@ -235,10 +235,7 @@ def python_data_received() -> Iterator[None]:
 
 
 def compared(down: Downstream) -> tuple[Any, Any, Any]:
-    """state(), less parser_ready: the Python path's own note on llhttp (the C leaves it)."""
-    conn, node, objects = state(down)  # type: ignore[misc]
-    conn.pop("parser_ready")
-    return conn, node, objects
+    return state(down)  # type: ignore[return-value]
 
 
 def run_both(chunks: list[bytes], limits: dict[str, int], answer: bool, host_seen: bytes | None,

@@ -1,0 +1,209 @@
+/* Field lines, recognised and turned into bytes objects: what the C fast
+ * paths of proxy/_request.c (request heads) and proxy/_response.c (responses)
+ * share. Included by each (each is its own extension module: its own copy
+ * of the tables and of the cache). The subset recognised is described in
+ * _request.c's fast-path comment: a token name, ":", optional SP/HTAB, a
+ * non-empty value of visible ASCII, SP and HTAB not ending in whitespace,
+ * CRLF; anything else is llhttp's. */
+#ifndef NOVAEDGE_HEADS_H
+#define NOVAEDGE_HEADS_H
+
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static unsigned char c_tchar[256], c_target[256], c_value[256];
+
+static inline void
+init_classes(void)
+{
+    for (int c = '0'; c <= '9'; c++)
+        c_tchar[c] = c_target[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++)
+        c_tchar[c] = c_target[c] = c_tchar[c - 32] = c_target[c - 32] = 1;
+    for (const char *p = "!#$%&'*+-.^_`|~"; *p; p++)
+        c_tchar[(unsigned char)*p] = 1;
+    for (const char *p = "-._~!$&'()*+,;=:@/?%"; *p; p++)
+        c_target[(unsigned char)*p] = 1;
+    for (int c = 0x21; c <= 0x7e; c++)
+        c_value[c] = 1;
+}
+
+#define FAST_FIELDS 64
+
+typedef struct {
+    Py_ssize_t start, name_len, value_start, value_len;
+} Field;
+
+/* The field lines from d[i] on, to and with the empty line: their offset
+ * past it, and the fields in f[0..*nf); -1 if any is not in the subset */
+static inline Py_ssize_t
+scan_fields(const char *d, Py_ssize_t n, Py_ssize_t i, Field *f, int *nf)
+{
+    int k = 0;
+    for (;;) {
+        if (n - i < 2)
+            return -1;
+        if (d[i] == '\r') {
+            if (d[i + 1] != '\n')
+                return -1;
+            *nf = k;
+            return i + 2;
+        }
+        if (k == FAST_FIELDS)
+            return -1;
+        Field *x = &f[k++];
+        x->start = i;
+        while (i < n && c_tchar[(unsigned char)d[i]])
+            i++;
+        x->name_len = i - x->start;
+        if (x->name_len == 0 || i >= n || d[i] != ':')
+            return -1;
+        i++;
+        while (i < n && (d[i] == ' ' || d[i] == '\t'))
+            i++;
+        x->value_start = i;
+        Py_ssize_t end = -1;   /* just past the last visible character */
+        for (; i < n; i++) {
+            unsigned char c = (unsigned char)d[i];
+            if (c_value[c])
+                end = i + 1;
+            else if (c != ' ' && c != '\t')
+                break;
+        }
+        if (end != i || end == x->value_start)
+            return -1;   /* empty, or ends in whitespace */
+        x->value_len = end - x->value_start;
+        if (n - i < 2 || d[i] != '\r' || d[i + 1] != '\n')
+            return -1;
+        i += 2;
+    }
+}
+
+
+/* The fields' objects, by field line (name, OWS and value): direct-mapped,
+ * a colliding line replaces the entry. Lines longer than CACHE_LINE are
+ * made afresh each time. */
+enum { K_PLAIN, K_CALL, K_LLHTTP };   /* appended here / on_header / not ours */
+#define CACHE_SIZE 512
+#define CACHE_LINE 512
+typedef struct {
+    uint64_t hash;
+    PyObject *line, *name, *value, *pair;   /* bytes, bytes, bytes, (lower-cased name, value) */
+    int kind;
+} Entry;
+static Entry cache[CACHE_SIZE];
+
+static inline uint64_t
+line_hash(const char *p, Py_ssize_t n)
+{
+    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ULL, w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, (size_t)n);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 29);
+}
+
+static const char *llhttp_names[] = {"connection", "proxy-connection", "content-length",
+                                     "transfer-encoding", "upgrade"};
+
+/* a new entry's objects and kind; 0, or -1 with an exception */
+static inline int
+entry_fill(Entry *e, const char *d, const Field *x, PyObject *special)
+{
+    const char *line = d + x->start;
+    Py_ssize_t line_len = x->value_start + x->value_len - x->start;
+    e->line = PyBytes_FromStringAndSize(line, line_len);
+    e->name = PyBytes_FromStringAndSize(line, x->name_len);
+    e->value = PyBytes_FromStringAndSize(d + x->value_start, x->value_len);
+    PyObject *lower = PyBytes_FromStringAndSize(NULL, x->name_len);
+    if (e->line == NULL || e->name == NULL || e->value == NULL || lower == NULL)
+        goto fail;
+    char *lp = PyBytes_AS_STRING(lower);
+    int underscore = 0;
+    for (Py_ssize_t j = 0; j < x->name_len; j++) {
+        unsigned char c = (unsigned char)line[j];
+        lp[j] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        underscore |= c == '_';
+    }
+    e->kind = K_PLAIN;
+    for (size_t j = 0; j < sizeof llhttp_names / sizeof *llhttp_names; j++)
+        if ((size_t)x->name_len == strlen(llhttp_names[j]) && memcmp(lp, llhttp_names[j], x->name_len) == 0)
+            e->kind = K_LLHTTP;
+    if (e->kind == K_PLAIN && special != NULL) {
+        int sp = PySet_Contains(special, lower);
+        if (sp < 0)
+            goto fail;
+        if (sp || underscore)
+            e->kind = K_CALL;   /* Downstream.on_header's own cases */
+    }
+    e->pair = PyTuple_Pack(2, lower, e->value);
+    Py_DECREF(lower);
+    if (e->pair == NULL)
+        goto fail_objects;
+    return 0;
+fail:
+    Py_XDECREF(lower);
+fail_objects:
+    Py_CLEAR(e->line);
+    Py_CLEAR(e->name);
+    Py_CLEAR(e->value);
+    Py_CLEAR(e->pair);
+    return -1;
+}
+
+static inline void
+entry_clear(Entry *e)
+{
+    Py_CLEAR(e->line);
+    Py_CLEAR(e->name);
+    Py_CLEAR(e->value);
+    Py_CLEAR(e->pair);
+}
+
+/* field x's objects, owned, into *o: from the cache, or new (and cached when
+ * the line fits); -1 with an exception */
+typedef struct {
+    PyObject *name, *value, *pair;
+    int kind;
+} Obj;
+
+static inline int
+field_objects(const char *d, const Field *x, Obj *o, PyObject *special)
+{
+    const char *line = d + x->start;
+    Py_ssize_t n = x->value_start + x->value_len - x->start;
+    Entry fresh = {0};
+    Entry *e;
+    if (n > CACHE_LINE) {
+        if (entry_fill(&fresh, d, x, special) < 0)
+            return -1;
+        e = &fresh;
+    } else {
+        uint64_t h = line_hash(line, n);
+        e = &cache[h & (CACHE_SIZE - 1)];
+        if (e->line == NULL || e->hash != h || PyBytes_GET_SIZE(e->line) != n
+            || memcmp(PyBytes_AS_STRING(e->line), line, (size_t)n) != 0) {
+            if (entry_fill(&fresh, d, x, special) < 0)
+                return -1;
+            fresh.hash = h;
+            Entry old = *e;
+            *e = fresh;
+            entry_clear(&old);
+            memset(&fresh, 0, sizeof fresh);
+        }
+    }
+    o->name = Py_NewRef(e->name);
+    o->value = Py_NewRef(e->value);
+    o->pair = Py_NewRef(e->pair);
+    o->kind = e->kind;
+    entry_clear(&fresh);
+    return 0;
+}
+
+#endif
