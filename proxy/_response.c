@@ -11,7 +11,8 @@
  * everything else to that method before anything is changed:
  *   - an exchange of a subclass, a slot of an unexpected type (each flag must
  *     be an exact bool, each count an exact int, ...), a parser that is not
- *     an httptools.HttpResponseParser, a context that is not a RequestContext;
+ *     an httptools.HttpResponseParser (or feed_fast's stand-in, below), a
+ *     context that is not a RequestContext;
  *   - on_message_begin / on_headers_complete after the response was complete
  *     (Python raises _ExtraResponse); on_body on a HEAD/204/304 response
  *     (Python closes the connection);
@@ -36,6 +37,7 @@
 #include <stdio.h>
 
 #include "_slots.h"
+#include "_heads.h"
 
 enum { E_RESP_COMPLETE, E_RESP_REASON, E_RESP_STATUS, E_RESP_PARSER, E_RESP_HEAD_BYTES, E_TIMER,
        E_CTX, E_LAST_READ, E_RESP_KEEP_ALIVE, E_RESP_NO_BODY, E_RESP_HEADERS, E_NODE, E_DOWN,
@@ -64,6 +66,8 @@ static struct {
     PyObject *clear_timer;     /* Exchange._clear_timer */
     PyObject *zero, *zero_float;
 } S;
+
+static PyTypeObject ParsedType;   /* feed_fast's stand-in parser (below) */
 
 /* Downstream, for keep_alive_after inlined (setup_down) */
 static struct {
@@ -251,7 +255,8 @@ head_prepare(PyObject *ex, Head *h)
         h->f[i] = Py_NewRef(SLOT(ex, S.off[i]));
     }
     PyObject **f = h->f;
-    if (Py_TYPE(f[E_RESP_PARSER]) != S.parser_type || f[E_RESP_COMPLETE] != Py_False
+    if ((Py_TYPE(f[E_RESP_PARSER]) != S.parser_type && Py_TYPE(f[E_RESP_PARSER]) != &ParsedType)
+        || f[E_RESP_COMPLETE] != Py_False
         || Py_TYPE(f[E_CTX]) != S.ctx_type || !PyFloat_CheckExact(f[E_TIMER])
         || !PyBytes_CheckExact(f[E_RESP_REASON]) || !PyUnicode_CheckExact(f[E_VERSION])
         || !is_bool(f[E_RESP_CLOSE_AFTER]) || !is_bool(f[E_BODY_COMPLETE])
@@ -602,12 +607,376 @@ setup_down(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* -- Exchange.upstream_data's common case: one whole, plain response ------------------
+ * Most reads from a kept-alive backend are one complete response: a status
+ * line, a few fields, a Content-Length body, nothing more. httptools costs
+ * ~1.5 us on those (each field as two new bytes objects and a call into
+ * Python). feed_fast(ex, data) recognises such a read and makes the
+ * callbacks llhttp would make, in its order and with its arguments, through
+ * the exchange's methods as httptools calls them (on_message_begin,
+ * on_status, on_header per field, on_headers_complete, on_body unless the
+ * body is empty, on_message_complete); field lines already seen keep their
+ * bytes objects in a cache (_heads.h). While the callbacks run,
+ * ex.resp_parser is a stand-in (Parsed) that answers get_status_code() and
+ * should_keep_alive() as llhttp's parser would at headers-complete; UNFED
+ * (no parser made yet) is put back after. It returns False, changing nothing,
+ * for anything else, and the caller feeds llhttp:
+ *   - not "HTTP/1.1", SP, three digits, SP, a reason phrase (visible ASCII,
+ *     SP, HTAB, not empty, not ending in whitespace), CRLF; a status under
+ *     200, 204 or 304;
+ *   - a field outside _heads.h's subset; Transfer-Encoding, Upgrade,
+ *     Proxy-Connection; a Connection other than "keep-alive"; not exactly
+ *     one Content-Length of 1 to 18 digits; more or fewer body bytes than it
+ *     says (a response split over reads, or with bytes after it);
+ *   - a request other than GET (HEAD's response has no body), an exchange
+ *     of a subclass, an exchange whose resp_parser is not UNFED (llhttp has
+ *     been fed: the response's first read is not this one), a response
+ *     already complete.
+ * A callback's exception ends the read as llhttp's callback error does:
+ * httptools.HttpParserCallbackError, raised while handling it (its
+ * __context__), as upstream_data expects.
+ * tests/unit/test_response_fast.py checks the recogniser against llhttp and
+ * the exchange's state against feeding llhttp. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *status;   /* int */
+} Parsed;
+
+static PyObject *
+parsed_status(PyObject *self, PyObject *unused)
+{
+    return Py_NewRef(((Parsed *)self)->status);
+}
+
+static PyObject *
+parsed_keep_alive(PyObject *self, PyObject *unused)
+{
+    Py_RETURN_TRUE;   /* HTTP/1.1, no Connection but keep-alive */
+}
+
+static void
+parsed_dealloc(PyObject *self)
+{
+    Py_XDECREF(((Parsed *)self)->status);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyMethodDef parsed_methods[] = {
+    {"get_status_code", parsed_status, METH_NOARGS, "The status code, as llhttp's parser gives it."},
+    {"should_keep_alive", parsed_keep_alive, METH_NOARGS, "True, as llhttp's parser says at headers-complete."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ParsedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "proxy._response.Parsed",
+    .tp_basicsize = sizeof(Parsed),
+    .tp_dealloc = parsed_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The response parser's answers while feed_fast makes its callbacks.",
+    .tp_methods = parsed_methods,
+};
+
+static struct {
+    int ready;
+    Py_ssize_t method;             /* RequestContext.method */
+    PyObject *unfed;               /* exchange.UNFED: resp_parser before the first read */
+    PyObject *callback_error;      /* httptools.HttpParserCallbackError */
+    unsigned long long taken;      /* responses taken here (for the tests) */
+} R;
+
+static PyObject *s_on_message_begin, *s_on_status, *s_on_header, *s_on_headers_complete, *s_on_body,
+    *s_on_message_complete;
+
+/* 1: d[0..n) is one response of the subset; status, reason span, fields, body offset */
+static int
+scan_response(const char *d, Py_ssize_t n, long *status, Py_ssize_t *reason_len, Field *f, int *nf,
+              Py_ssize_t *body)
+{
+    if (n < 16 || memcmp(d, "HTTP/1.1 ", 9) != 0)
+        return 0;
+    for (int i = 9; i < 12; i++)
+        if (d[i] < '0' || d[i] > '9')
+            return 0;
+    if (d[12] != ' ')
+        return 0;
+    *status = (d[9] - '0') * 100 + (d[10] - '0') * 10 + (d[11] - '0');
+    if (*status < 200 || *status == 204 || *status == 304)
+        return 0;
+    Py_ssize_t i = 13, end = -1;
+    if (!c_value[(unsigned char)d[i]])
+        return 0;   /* empty, or starting with whitespace */
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)d[i];
+        if (c_value[c])
+            end = i + 1;
+        else if (c != ' ' && c != '\t')
+            break;
+    }
+    if (end != i || n - i < 2 || d[i] != '\r' || d[i + 1] != '\n')
+        return 0;
+    *reason_len = end - 13;
+    *body = scan_fields(d, n, i + 2, f, nf);
+    return *body >= 0;
+}
+
+/* The value is `s` (lower case), ignoring case */
+static int
+value_is(PyObject *value, const char *s)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(value);
+    if ((size_t)n != strlen(s))
+        return 0;
+    const char *v = PyBytes_AS_STRING(value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = v[i];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != s[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* The framing fields: 1 if only a Connection: keep-alive and one
+ * Content-Length that says exactly the bytes left, 0 else */
+static int
+framing_fits(const Obj *o, int nf, Py_ssize_t left)
+{
+    int lengths = 0;
+    for (int k = 0; k < nf; k++) {
+        if (o[k].kind != K_LLHTTP)
+            continue;
+        PyObject *lower = PyTuple_GET_ITEM(o[k].pair, 0), *v = o[k].value;
+        if (value_is(lower, "connection")) {
+            if (!value_is(v, "keep-alive"))
+                return 0;
+        } else if (value_is(lower, "content-length")) {
+            Py_ssize_t m = PyBytes_GET_SIZE(v);
+            const char *p = PyBytes_AS_STRING(v);
+            if (m > 18 || lengths++)
+                return 0;
+            long long cl = 0;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                if (p[j] < '0' || p[j] > '9')
+                    return 0;
+                cl = cl * 10 + (p[j] - '0');
+            }
+            if (cl != left)
+                return 0;
+        } else
+            return 0;   /* Transfer-Encoding, Upgrade, Proxy-Connection */
+    }
+    return lengths == 1;
+}
+
+static PyObject *
+callback(PyObject *ex, PyObject *name, PyObject *arg)
+{
+    PyObject *a[2] = {ex, arg};
+    return PyObject_VectorcallMethod(name, a, (arg == NULL ? 1 : 2) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* the callbacks for a recognised response; 0, or -1 with the callback's exception */
+static int
+fast_callbacks(PyObject *ex, const char *d, Py_ssize_t reason_len, const Obj *o, int nf, Py_ssize_t body,
+               Py_ssize_t n)
+{
+    PyObject *r, *piece;
+    if ((r = callback(ex, s_on_message_begin, NULL)) == NULL)
+        return -1;
+    Py_DECREF(r);
+    if ((piece = PyBytes_FromStringAndSize(d + 13, reason_len)) == NULL)
+        return -1;
+    r = callback(ex, s_on_status, piece);
+    Py_DECREF(piece);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    for (int k = 0; k < nf; k++) {
+        PyObject *a[3] = {ex, o[k].name, o[k].value};
+        if ((r = PyObject_VectorcallMethod(s_on_header, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)) == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    if ((r = callback(ex, s_on_headers_complete, NULL)) == NULL)
+        return -1;
+    Py_DECREF(r);
+    if (n > body) {
+        if ((piece = PyBytes_FromStringAndSize(d + body, n - body)) == NULL)
+            return -1;
+        r = callback(ex, s_on_body, piece);
+        Py_DECREF(piece);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    if ((r = callback(ex, s_on_message_complete, NULL)) == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* feed_fast(ex, data) -> True (the callbacks made) or False (nothing done) */
+static PyObject *
+feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "feed_fast(ex, data)");
+        return NULL;
+    }
+    PyObject *ex = args[0], *data = args[1];
+    if (!S.ready || !R.ready || Py_TYPE(ex) != S.ex_type || !PyBytes_CheckExact(data))
+        Py_RETURN_FALSE;
+    PyObject *parser = EX(ex, E_RESP_PARSER), *ctx = EX(ex, E_CTX), *method;
+    if (parser == NULL || parser != R.unfed || EX(ex, E_RESP_COMPLETE) != Py_False || ctx == NULL || Py_TYPE(ctx) != S.ctx_type
+        || (method = SLOT(ctx, R.method)) == NULL || !str_is(method, "GET", 3))
+        Py_RETURN_FALSE;
+    const char *d = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), reason_len, body;
+    long status;
+    Field f[FAST_FIELDS];
+    Obj o[FAST_FIELDS];
+    int nf, k;
+    if (!scan_response(d, n, &status, &reason_len, f, &nf, &body))
+        Py_RETURN_FALSE;
+    PyObject *result = NULL;
+    for (k = 0; k < nf; k++)
+        if (field_objects(d, &f[k], &o[k], NULL) < 0)
+            goto done;   /* (memory) */
+    if (!framing_fits(o, nf, n - body)) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    Parsed *standin = PyObject_New(Parsed, &ParsedType);
+    if (standin == NULL)
+        goto done;
+    if ((standin->status = PyLong_FromLong(status)) == NULL) {
+        Py_DECREF(standin);
+        goto done;
+    }
+    Py_INCREF(ex);
+    Py_INCREF(data);   /* (the caller's; the callbacks run Python code) */
+    Py_INCREF(parser);
+    slot_put(ex, S.off[E_RESP_PARSER], (PyObject *)standin);
+    int r = fast_callbacks(ex, d, reason_len, o, nf, body, n);
+    if (EX(ex, E_RESP_PARSER) == (PyObject *)standin)
+        slot_put(ex, S.off[E_RESP_PARSER], parser);   /* UNFED back: llhttp never saw it */
+    Py_DECREF(parser);
+    Py_DECREF(standin);
+    if (r < 0) {
+        /* as httptools: HttpParserCallbackError raised while handling the cause */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(value, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        PyObject *handled = PyErr_GetHandledException();
+        PyErr_SetHandledException(value);
+        PyErr_SetString(R.callback_error, "a response callback failed");
+        PyErr_SetHandledException(handled);
+        Py_XDECREF(handled);
+        Py_DECREF(value);
+    } else {
+        R.taken++;
+        result = Py_NewRef(Py_True);
+    }
+    Py_DECREF(data);
+    Py_DECREF(ex);
+done:
+    for (int j = 0; j < k; j++) {
+        Py_DECREF(o[j].name);
+        Py_DECREF(o[j].value);
+        Py_DECREF(o[j].pair);
+    }
+    return result;
+}
+
+/* setup_fast(HttpParserCallbackError, UNFED): feed_fast on (after setup) */
+static PyObject *
+setup_fast(PyObject *self, PyObject *args)
+{
+    PyObject *error, *unfed;
+    if (!PyArg_ParseTuple(args, "OO:setup_fast", &error, &unfed))
+        return NULL;
+    if (!S.ready || !PyExceptionClass_Check(error)) {
+        PyErr_SetString(PyExc_TypeError, "setup_fast: call setup() first; an exception class");
+        return NULL;
+    }
+    Py_ssize_t method;
+    if (slot_offset(S.ctx_type, "method", &method) < 0)
+        return NULL;
+    R.ready = 0;
+    R.method = method;
+    Py_INCREF(error); Py_XSETREF(R.callback_error, error);
+    Py_INCREF(unfed); Py_XSETREF(R.unfed, unfed);
+    R.ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+fast_count(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(R.taken);
+}
+
+/* scan(data) -> None, or (status, reason, [(name, value)...], body) as feed_fast
+ * would call back (for the tests) */
+static PyObject *
+scan(PyObject *self, PyObject *data)
+{
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "scan: bytes");
+        return NULL;
+    }
+    const char *d = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), reason_len, body;
+    long status;
+    Field f[FAST_FIELDS];
+    Obj o[FAST_FIELDS];
+    int nf, k;
+    if (!scan_response(d, n, &status, &reason_len, f, &nf, &body))
+        Py_RETURN_NONE;
+    PyObject *result = NULL, *fields = NULL;
+    for (k = 0; k < nf; k++)
+        if (field_objects(d, &f[k], &o[k], NULL) < 0)
+            goto done;
+    if (!framing_fits(o, nf, n - body)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if ((fields = PyList_New(nf)) == NULL)
+        goto done;
+    for (int j = 0; j < nf; j++) {
+        PyObject *t = PyTuple_Pack(2, o[j].name, o[j].value);
+        if (t == NULL)
+            goto done;
+        PyList_SET_ITEM(fields, j, t);
+    }
+    result = Py_BuildValue("(ly#Oy#)", status, d + 13, reason_len, fields, d + body, n - body);
+done:
+    Py_XDECREF(fields);
+    for (int j = 0; j < k; j++) {
+        Py_DECREF(o[j].name);
+        Py_DECREF(o[j].value);
+        Py_DECREF(o[j].pair);
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Exchange, RequestContext, HttpResponseParser, globals, response_fields, render_head, "
      "clear_timer, py_methods): the C callbacks, as methods of Exchange."},
     {"setup_down", setup_down, METH_VARARGS,
      "setup_down(Downstream, keep_alive_after): inline Downstream.keep_alive_after."},
+    {"setup_fast", setup_fast, METH_VARARGS,
+     "setup_fast(HttpParserCallbackError, UNFED): feed_fast on (after setup)."},
+    {"feed_fast", (PyCFunction)(void (*)(void))feed_fast, METH_FASTCALL,
+     "feed_fast(ex, data): a whole plain response's callbacks made here (True), or nothing done (False)."},
+    {"scan", scan, METH_O, "scan(data): what feed_fast makes of a response, or None (for the tests)."},
+    {"fast_count", fast_count, METH_NOARGS, "fast_count(): responses feed_fast has taken (for the tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -624,12 +993,23 @@ PyInit__response(void)
         {&s_debug_headers, "debug_headers"}, {&s_deadlines, "deadlines"}, {&s_discard, "discard"},
         {&s_trusted_peer, "trusted_peer"}, {&s_keep_alive_after, "keep_alive_after"},
         {&s_draining, "draining"}, {&s_fields_name, "_response_fields"}, {&s_reasons, "REASONS"},
-        {&s_render_head, "_render_head"}, {&s_clear_timer, "_clear_timer"}, {&s_append, "append"}, {&s_resp_no_body, "resp_no_body"}, {&s_down, "down"},
+        {&s_render_head, "_render_head"}, {&s_clear_timer, "_clear_timer"}, {&s_append, "append"},
+        {&s_resp_no_body, "resp_no_body"}, {&s_down, "down"}, {&s_on_message_begin, "on_message_begin"},
+        {&s_on_status, "on_status"}, {&s_on_header, "on_header"}, {&s_on_headers_complete, "on_headers_complete"},
+        {&s_on_body, "on_body"}, {&s_on_message_complete, "on_message_complete"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)
             return NULL;
     if (S.zero == NULL && ((S.zero = PyLong_FromLong(0)) == NULL || (S.zero_float = PyFloat_FromDouble(0.0)) == NULL))
         return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&ParsedType) < 0)
+        return NULL;
+    init_classes();
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "Parsed", (PyObject *)&ParsedType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

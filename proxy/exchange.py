@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import httptools
 
@@ -244,7 +244,9 @@ class Exchange:
         self.up = conn
         conn.exchange = self
         self.state = SENT
-        self.resp_parser = httptools.HttpResponseParser(self)
+        # llhttp's parser is made when the first read needs it: a whole plain
+        # response is parsed by _response.c without one (_feed_fast)
+        self.resp_parser = UNFED
         t = conn.transport
         assert t is not None
         if self.host_missing and self.backend is not None:
@@ -389,7 +391,11 @@ class Exchange:
         # one write instead of head + each chunk, and a response malformed within
         # its first read (the usual case) can still be answered with a clean 502.
         try:
-            parser.feed_data(data)
+            # one whole plain response: its callbacks made in C (_response.c), else llhttp
+            if _feed_fast is None or not _feed_fast(self, data):
+                if parser is UNFED:
+                    parser = self.resp_parser = httptools.HttpResponseParser(self)
+                parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._flush()
             self.resp_upgrade_at = int(e.args[0]) if e.args else len(data)
@@ -757,6 +763,18 @@ _response_fields = attach("proxy._hotpath", lambda c: c.setup_fields(
 IDEMPOTENT_RETRY = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+class _Unfed:
+    """Exchange.resp_parser before the response's first read (no parser yet)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNFED"
+
+
+UNFED = _Unfed()
+
+
 class _ExtraResponse(Exception):
     """Raised from a response parser callback: the backend sent more than one response."""
 
@@ -784,3 +802,11 @@ _c_response = attach("proxy._response", _setup_response_c) if _response_fields i
 if _c_response is not None:
     for _name, _method in zip(_RESPONSE_CALLBACKS, _c_response):
         setattr(Exchange, _name, _method)
+
+# A read that is one whole plain response (status line, fields, a Content-Length
+# body) is recognised in C, which makes llhttp's callbacks on the exchange
+# itself (see _response.c for the subset); upstream_data feeds llhttp the rest.
+_feed_fast: Callable[[Exchange, bytes], bool] | None = None
+if _c_response is not None:
+    _feed_fast = attach("proxy._response", lambda c: (
+        c.setup_fast(httptools.HttpParserCallbackError, UNFED), c.feed_fast)[1])
