@@ -680,7 +680,6 @@ static PyTypeObject ParsedType = {
 
 static struct {
     int ready;
-    Py_ssize_t method;             /* RequestContext.method */
     PyObject *unfed;               /* exchange.UNFED: resp_parser before the first read */
     PyObject *callback_error;      /* httptools.HttpParserCallbackError */
     unsigned long long taken;      /* responses taken here (for the tests) */
@@ -829,7 +828,7 @@ feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_FALSE;
     PyObject *parser = EX(ex, E_RESP_PARSER), *ctx = EX(ex, E_CTX), *method;
     if (parser == NULL || parser != R.unfed || EX(ex, E_RESP_COMPLETE) != Py_False || ctx == NULL || Py_TYPE(ctx) != S.ctx_type
-        || (method = SLOT(ctx, R.method)) == NULL || !str_is(method, "GET", 3))
+        || (method = CTX(ctx, C_METHOD)) == NULL || !str_is(method, "GET", 3))
         Py_RETURN_FALSE;
     const char *d = PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data), reason_len, body;
@@ -844,6 +843,12 @@ feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (field_objects(d, &f[k], &o[k], NULL) < 0)
             goto done;   /* (memory) */
     if (!framing_fits(o, nf, n - body)) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    /* the cache's misses could run Python code (the GC): the checks again */
+    parser = EX(ex, E_RESP_PARSER);
+    if (parser != R.unfed || EX(ex, E_RESP_COMPLETE) != Py_False) {
         result = Py_NewRef(Py_False);
         goto done;
     }
@@ -904,11 +909,7 @@ setup_fast(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "setup_fast: call setup() first; an exception class");
         return NULL;
     }
-    Py_ssize_t method;
-    if (slot_offset(S.ctx_type, "method", &method) < 0)
-        return NULL;
     R.ready = 0;
-    R.method = method;
     Py_INCREF(error); Py_XSETREF(R.callback_error, error);
     Py_INCREF(unfed); Py_XSETREF(R.unfed, unfed);
     R.ready = 1;

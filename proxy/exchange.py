@@ -108,7 +108,7 @@ class Exchange:
         # deadline ticker: a loop.call_later per request cost ~2 us of the hot
         # path (create + cancel); a float and a set add/discard cost ~0.2 us.
         self.timer = 0.0
-        self.resp_parser: httptools.HttpResponseParser | None = None
+        self.resp_parser: httptools.HttpResponseParser | _Unfed | None = None
         self.resp_status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
