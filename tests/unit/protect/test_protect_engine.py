@@ -242,3 +242,27 @@ def test_shared_state_across_protection_objects() -> None:
     a = prot({"rate_limits": [PER_IP]}, shared=shared)
     b = prot({"rate_limits": [PER_IP]}, shared=shared)
     assert admitted(a, 3) + admitted(b, 5) == 5
+
+
+def test_the_node_s_sweeps_roll_the_detector_over_every_second() -> None:
+    # The node calls hooks.tick at every 0.25 s sweep. Gated by the integer
+    # second as well as by the engine's own "a full second has passed", a sweep
+    # 0.999 s after the last tick was skipped and the next came a second later:
+    # a 2 s detector period, and mitigations a second late (the flaky
+    # tests/integration/test_protect_traffic.py attacker test).
+    from proxy.config import parse_config
+    from proxy.features import build_hooks
+    cfg = parse_config({"protection": {"detector": {"enabled": True, "keys": ["ip"]}}})
+    hooks = build_hooks(cfg, 0)
+    det = hooks.protection._det
+    assert det is not None
+    node = object()
+    seen = []
+    t = 100.25
+    while t < 110:
+        hooks.tick(node, t)  # type: ignore[arg-type]
+        seen.append(det.last_tick)
+        t = round(t + 0.2499, 4)   # sweeps drift a little against the integer second
+    ticks = sorted(set(x for x in seen if x is not None))
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert len(ticks) >= 8 and max(gaps) < 1.25, gaps
