@@ -35,6 +35,22 @@ typedef struct {
     Py_ssize_t start, name_len, value_start, value_len;
 } Field;
 
+/* Visible ASCII, SP and HTAB from d[i] on: where they stop; *end just past
+ * the last visible one (-1: none) */
+static inline Py_ssize_t
+scan_text(const char *d, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end)
+{
+    *end = -1;
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)d[i];
+        if (c_value[c])
+            *end = i + 1;
+        else if (c != ' ' && c != '\t')
+            break;
+    }
+    return i;
+}
+
 /* The field lines from d[i] on, to and with the empty line: their offset
  * past it, and the fields in f[0..*nf); -1 if any is not in the subset */
 static inline Py_ssize_t
@@ -63,14 +79,8 @@ scan_fields(const char *d, Py_ssize_t n, Py_ssize_t i, Field *f, int *nf)
         while (i < n && (d[i] == ' ' || d[i] == '\t'))
             i++;
         x->value_start = i;
-        Py_ssize_t end = -1;   /* just past the last visible character */
-        for (; i < n; i++) {
-            unsigned char c = (unsigned char)d[i];
-            if (c_value[c])
-                end = i + 1;
-            else if (c != ' ' && c != '\t')
-                break;
-        }
+        Py_ssize_t end;
+        i = scan_text(d, n, i, &end);
         if (end != i || end == x->value_start)
             return -1;   /* empty, or ends in whitespace */
         x->value_len = end - x->value_start;
@@ -204,6 +214,17 @@ field_objects(const char *d, const Field *x, Obj *o, PyObject *special)
     o->kind = e->kind;
     entry_clear(&fresh);
     return 0;
+}
+
+/* release o[0..n) */
+static inline void
+objs_clear(Obj *o, int n)
+{
+    for (int j = 0; j < n; j++) {
+        Py_DECREF(o[j].name);
+        Py_DECREF(o[j].value);
+        Py_DECREF(o[j].pair);
+    }
 }
 
 #endif

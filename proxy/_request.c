@@ -853,11 +853,7 @@ data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         Py_DECREF(data);
     }
 done:
-    for (int j = 0; j < k; j++) {
-        Py_DECREF(o[j].name);
-        Py_DECREF(o[j].value);
-        Py_DECREF(o[j].pair);
-    }
+    objs_clear(o, k);
     if (k < nf)
         return NULL;   /* field_objects' error (memory) */
     if (ok) {

@@ -703,16 +703,9 @@ scan_response(const char *d, Py_ssize_t n, long *status, Py_ssize_t *reason_len,
     *status = (d[9] - '0') * 100 + (d[10] - '0') * 10 + (d[11] - '0');
     if (*status < 200 || *status == 204 || *status == 304)
         return 0;
-    Py_ssize_t i = 13, end = -1;
-    if (!c_value[(unsigned char)d[i]])
+    if (!c_value[(unsigned char)d[13]])
         return 0;   /* empty, or starting with whitespace */
-    for (; i < n; i++) {
-        unsigned char c = (unsigned char)d[i];
-        if (c_value[c])
-            end = i + 1;
-        else if (c != ' ' && c != '\t')
-            break;
-    }
+    Py_ssize_t end, i = scan_text(d, n, 13, &end);
     if (end != i || n - i < 2 || d[i] != '\r' || d[i + 1] != '\n')
         return 0;
     *reason_len = end - 13;
@@ -766,6 +759,26 @@ framing_fits(const Obj *o, int nf, Py_ssize_t left)
             return 0;   /* Transfer-Encoding, Upgrade, Proxy-Connection */
     }
     return lengths == 1;
+}
+
+/* scan_response, the fields' objects (owned, in o[0..*nf)) and the framing:
+ * 1 a response feed_fast takes, 0 not (nothing held), -1 an error */
+static int
+recognise(const char *d, Py_ssize_t n, long *status, Py_ssize_t *reason_len, Obj *o, int *nf, Py_ssize_t *body)
+{
+    Field f[FAST_FIELDS];
+    if (!scan_response(d, n, status, reason_len, f, nf, body))
+        return 0;
+    for (int k = 0; k < *nf; k++)
+        if (field_objects(d, &f[k], &o[k], NULL) < 0) {
+            objs_clear(o, k);
+            return -1;
+        }
+    if (!framing_fits(o, *nf, n - *body)) {
+        objs_clear(o, *nf);
+        return 0;
+    }
+    return 1;
 }
 
 static PyObject *
@@ -827,25 +840,17 @@ feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!S.ready || !R.ready || Py_TYPE(ex) != S.ex_type || !PyBytes_CheckExact(data))
         Py_RETURN_FALSE;
     PyObject *parser = EX(ex, E_RESP_PARSER), *ctx = EX(ex, E_CTX), *method;
-    if (parser == NULL || parser != R.unfed || EX(ex, E_RESP_COMPLETE) != Py_False || ctx == NULL || Py_TYPE(ctx) != S.ctx_type
-        || (method = CTX(ctx, C_METHOD)) == NULL || !str_is(method, "GET", 3))
+    if (parser == NULL || parser != R.unfed || EX(ex, E_RESP_COMPLETE) != Py_False || ctx == NULL
+        || Py_TYPE(ctx) != S.ctx_type || (method = CTX(ctx, C_METHOD)) == NULL || !str_is(method, "GET", 3))
         Py_RETURN_FALSE;
     const char *d = PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data), reason_len, body;
     long status;
-    Field f[FAST_FIELDS];
     Obj o[FAST_FIELDS];
-    int nf, k;
-    if (!scan_response(d, n, &status, &reason_len, f, &nf, &body))
-        Py_RETURN_FALSE;
+    int nf, r = recognise(d, n, &status, &reason_len, o, &nf, &body);
+    if (r <= 0)
+        return r < 0 ? NULL : Py_NewRef(Py_False);
     PyObject *result = NULL;
-    for (k = 0; k < nf; k++)
-        if (field_objects(d, &f[k], &o[k], NULL) < 0)
-            goto done;   /* (memory) */
-    if (!framing_fits(o, nf, n - body)) {
-        result = Py_NewRef(Py_False);
-        goto done;
-    }
     /* the cache's misses could run Python code (the GC): the checks again */
     parser = EX(ex, E_RESP_PARSER);
     if (parser != R.unfed || EX(ex, E_RESP_COMPLETE) != Py_False) {
@@ -863,7 +868,7 @@ feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(data);   /* (the caller's; the callbacks run Python code) */
     Py_INCREF(parser);
     slot_put(ex, S.off[E_RESP_PARSER], (PyObject *)standin);
-    int r = fast_callbacks(ex, d, reason_len, o, nf, body, n);
+    r = fast_callbacks(ex, d, reason_len, o, nf, body, n);
     if (EX(ex, E_RESP_PARSER) == (PyObject *)standin)
         slot_put(ex, S.off[E_RESP_PARSER], parser);   /* UNFED back: llhttp never saw it */
     Py_DECREF(parser);
@@ -890,11 +895,7 @@ feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(data);
     Py_DECREF(ex);
 done:
-    for (int j = 0; j < k; j++) {
-        Py_DECREF(o[j].name);
-        Py_DECREF(o[j].value);
-        Py_DECREF(o[j].pair);
-    }
+    objs_clear(o, nf);
     return result;
 }
 
@@ -934,19 +935,11 @@ scan(PyObject *self, PyObject *data)
     const char *d = PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data), reason_len, body;
     long status;
-    Field f[FAST_FIELDS];
     Obj o[FAST_FIELDS];
-    int nf, k;
-    if (!scan_response(d, n, &status, &reason_len, f, &nf, &body))
-        Py_RETURN_NONE;
+    int nf, r = recognise(d, n, &status, &reason_len, o, &nf, &body);
+    if (r <= 0)
+        return r < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *result = NULL, *fields = NULL;
-    for (k = 0; k < nf; k++)
-        if (field_objects(d, &f[k], &o[k], NULL) < 0)
-            goto done;
-    if (!framing_fits(o, nf, n - body)) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
     if ((fields = PyList_New(nf)) == NULL)
         goto done;
     for (int j = 0; j < nf; j++) {
@@ -958,11 +951,7 @@ scan(PyObject *self, PyObject *data)
     result = Py_BuildValue("(ly#Oy#)", status, d + 13, reason_len, fields, d + body, n - body);
 done:
     Py_XDECREF(fields);
-    for (int j = 0; j < k; j++) {
-        Py_DECREF(o[j].name);
-        Py_DECREF(o[j].value);
-        Py_DECREF(o[j].pair);
-    }
+    objs_clear(o, nf);
     return result;
 }
 
