@@ -227,4 +227,31 @@ objs_clear(Obj *o, int n)
     }
 }
 
+/* The raised exception, normalised with its traceback, made the one being
+ * handled (as inside an except clause: what is raised meanwhile gets it as
+ * __context__); returns it (owned) and the one handled before in *before */
+static inline PyObject *
+handle_raised(PyObject **before)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    *before = PyErr_GetHandledException();
+    PyErr_SetHandledException(value);
+    return value;
+}
+
+/* the end of that except clause: `before` handled again; both released */
+static inline void
+handled_restore(PyObject *before, PyObject *value)
+{
+    PyErr_SetHandledException(before);
+    Py_XDECREF(before);
+    Py_DECREF(value);
+}
+
 #endif

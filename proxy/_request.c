@@ -810,20 +810,10 @@ error:
     Py_XDECREF(ex);
     /* llhttp stops at a callback's error (any BaseException: httptools
      * catches them all) and _feed hands it on, inside its except clause */
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    PyObject *handled = PyErr_GetHandledException();
-    PyErr_SetHandledException(value);
+    PyObject *handled, *value = handle_raised(&handled);
     PyObject *a[2] = {self, value};
     r = PyObject_VectorcallMethod(s_callback_failed, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    PyErr_SetHandledException(handled);
-    Py_XDECREF(handled);
-    Py_DECREF(value);
+    handled_restore(handled, value);
     return r;
 }
 

@@ -875,19 +875,9 @@ feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(standin);
     if (r < 0) {
         /* as httptools: HttpParserCallbackError raised while handling the cause */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        if (tb != NULL)
-            PyException_SetTraceback(value, tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
-        PyObject *handled = PyErr_GetHandledException();
-        PyErr_SetHandledException(value);
+        PyObject *handled, *value = handle_raised(&handled);
         PyErr_SetString(R.callback_error, "a response callback failed");
-        PyErr_SetHandledException(handled);
-        Py_XDECREF(handled);
-        Py_DECREF(value);
+        handled_restore(handled, value);
     } else {
         R.taken++;
         result = Py_NewRef(Py_True);
