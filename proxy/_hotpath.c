@@ -792,12 +792,77 @@ setup_check(PyObject *self, PyObject *args)
  * Connection field names a field that is not hop-by-hop (Python's rarer
  * second pass) or anything is of an unexpected type. */
 
+/* A name table read once at setup: lower-case names of at most FIELD_NAME_MAX
+ * bytes, each with its action (1 for HOP_BY_HOP's members). Looking a field
+ * up here costs no object (a bytes object and its hash per field did). */
+#define FIELD_NAME_MAX 32
+#define FIELD_NAMES_MAX 64
+typedef struct {
+    int n;
+    Py_ssize_t len[FIELD_NAMES_MAX];
+    char name[FIELD_NAMES_MAX][FIELD_NAME_MAX];
+    long act[FIELD_NAMES_MAX];
+} Names;
+
 static struct {
     int ready;
-    PyObject *actions;   /* exchange._RESPONSE_ACTIONS */
-    PyObject *hop;       /* http11.HOP_BY_HOP */
+    Names actions;       /* exchange._RESPONSE_ACTIONS (a constant), as it was at setup */
+    Names hop;           /* http11.HOP_BY_HOP (a frozenset) */
     long a_hop, a_cl, a_te, a_conn;
 } F;
+
+/* t's action for the lower-case name p[0..n), 0 for none */
+static long
+names_find(const Names *t, const char *p, Py_ssize_t n)
+{
+    for (int i = 0; i < t->n; i++)
+        if (t->len[i] == n && memcmp(t->name[i], p, (size_t)n) == 0)
+            return t->act[i];
+    return 0;
+}
+
+/* lower-case s[0..n) into buf (FIELD_NAME_MAX bytes): 0 if longer than any name in a table */
+static int
+lower_name(const char *s, Py_ssize_t n, char *buf)
+{
+    if (n > FIELD_NAME_MAX)
+        return 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        buf[k] = (s[k] >= 'A' && s[k] <= 'Z') ? (char)(s[k] + 32) : s[k];
+    return 1;
+}
+
+/* t from a list of (name, action) pairs, or of names (action 1) when !pairs:
+ * -1 (TypeError) unless each name is lower-case bytes of 1 to FIELD_NAME_MAX
+ * bytes, each action an int other than 0 */
+static int
+names_set(Names *t, PyObject *list, int pairs)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n > FIELD_NAMES_MAX) {
+        PyErr_SetString(PyExc_TypeError, "setup_fields: too many field names for the C table");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        PyObject *name = pairs ? PyTuple_GET_ITEM(item, 0) : item, *act = pairs ? PyTuple_GET_ITEM(item, 1) : NULL;
+        char buf[FIELD_NAME_MAX];
+        long a = act == NULL ? 1 : PyLong_Check(act) ? PyLong_AsLong(act) : 0;
+        if (a == -1 && PyErr_Occurred())
+            return -1;
+        if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) < 1 || a == 0
+            || !lower_name(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), buf)
+            || memcmp(buf, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name)) != 0) {
+            PyErr_Format(PyExc_TypeError, "setup_fields: %R is not a lower-case field name the C table holds", name);
+            return -1;
+        }
+        t->len[i] = PyBytes_GET_SIZE(name);
+        memcpy(t->name[i], buf, (size_t)t->len[i]);
+        t->act[i] = a;
+    }
+    t->n = (int)n;
+    return 0;
+}
 
 static int
 is_space(unsigned char c)
@@ -811,7 +876,7 @@ only_hop_tokens(PyObject *value)
 {
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(value);
     Py_ssize_t n = PyBytes_GET_SIZE(value), i = 0;
-    char buf[64];
+    char buf[FIELD_NAME_MAX];
     while (i <= n) {
         Py_ssize_t j = i;
         while (j < n && p[j] != ',')
@@ -822,17 +887,8 @@ only_hop_tokens(PyObject *value)
         while (b > a && is_space(p[b - 1]))
             b--;
         if (b > a) {
-            if (b - a > (Py_ssize_t)sizeof(buf))
-                return 0;   /* no hop-by-hop name is that long */
-            for (Py_ssize_t k = a; k < b; k++)
-                buf[k - a] = (p[k] >= 'A' && p[k] <= 'Z') ? (char)(p[k] + 32) : (char)p[k];
-            PyObject *tok = PyBytes_FromStringAndSize(buf, b - a);
-            if (tok == NULL)
-                return -1;
-            int in = PySet_Contains(F.hop, tok);
-            Py_DECREF(tok);
-            if (in <= 0)
-                return in;
+            if (!lower_name((const char *)p + a, b - a, buf) || !names_find(&F.hop, buf, b - a))
+                return 0;   /* longer than any hop-by-hop name, or not one */
         }
         i = j + 1;
     }
@@ -858,7 +914,7 @@ response_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(list);
         return PyErr_NoMemory();
     }
-    char lower[32];
+    char lower[FIELD_NAME_MAX];
     for (Py_ssize_t i = 0; i < nh && plain; i++) {
         PyObject *pair = PyList_GET_ITEM(list, i);
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2
@@ -868,24 +924,7 @@ response_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
         Py_ssize_t n = PyBytes_GET_SIZE(name);
-        long act = 0;
-        if (n <= (Py_ssize_t)sizeof(lower)) {   /* every name in the table is shorter */
-            const char *p = PyBytes_AS_STRING(name);
-            for (Py_ssize_t k = 0; k < n; k++)
-                lower[k] = (p[k] >= 'A' && p[k] <= 'Z') ? (char)(p[k] + 32) : p[k];
-            PyObject *ln = PyBytes_FromStringAndSize(lower, n);
-            if (ln == NULL)
-                goto done;
-            PyObject *a = PyDict_GetItemWithError(F.actions, ln);
-            Py_DECREF(ln);
-            if (a == NULL && PyErr_Occurred())
-                goto done;
-            if (a != NULL) {
-                act = PyLong_AsLong(a);
-                if (act == -1 && PyErr_Occurred())
-                    goto done;
-            }
-        }
+        long act = lower_name(PyBytes_AS_STRING(name), n, lower) ? names_find(&F.actions, lower, n) : 0;
         if (act == 0 || act == F.a_cl) {
             if (act == F.a_cl)
                 has_cl = 1;
@@ -916,7 +955,8 @@ response_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         memcpy(out, s.v[i].p, s.v[i].n);
         out += s.v[i].n;
     }
-    result = Py_BuildValue("(NOO)", block, has_cl ? Py_True : Py_False, chunked ? Py_True : Py_False);
+    result = PyTuple_Pack(3, block, has_cl ? Py_True : Py_False, chunked ? Py_True : Py_False);
+    Py_DECREF(block);
 done:
     PyMem_Free(s.v);
     Py_DECREF(list);
@@ -941,8 +981,14 @@ setup_fields(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "setup_fields: 0 is no action");
         return NULL;
     }
-    Py_INCREF(actions); Py_XSETREF(F.actions, actions);
-    Py_INCREF(hop); Py_XSETREF(F.hop, hop);
+    PyObject *pairs = PyDict_Items(actions), *hop_list = PySequence_List(hop);
+    F.ready = 0;
+    int bad = pairs == NULL || hop_list == NULL || names_set(&F.actions, pairs, 1) < 0
+        || names_set(&F.hop, hop_list, 0) < 0;
+    Py_XDECREF(pairs);
+    Py_XDECREF(hop_list);
+    if (bad)
+        return NULL;
     F.a_hop = a_hop; F.a_cl = a_cl; F.a_te = a_te; F.a_conn = a_conn;
     F.ready = 1;
     return PyCFunction_New(&fields_def, NULL);

@@ -321,3 +321,23 @@ print("ok")
 """.format(tests=os.path.dirname(__file__))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_c_field_table_refuses_names_it_cannot_hold() -> None:
+    # The C copies the action table once, as lower-case names of at most 32
+    # bytes; a table it could not match the way Python's .get does is refused
+    # at setup (the Python loop then runs), not half applied.
+    if exchange_mod._response_fields is None:
+        pytest.skip("the C version is not built")
+    from proxy import _hotpath  # type: ignore[attr-defined]
+    from proxy.exchange import _CL, _CONN, _HOP, _RESPONSE_ACTIONS, _TE
+    from proxy.http11 import HOP_BY_HOP
+    acts = (_HOP, _CL, _TE, _CONN)
+    for bad_actions, bad_hop in [({b"Content-Length": _CL}, HOP_BY_HOP), ({b"x" * 33: _CL}, HOP_BY_HOP),
+                                 ({b"": _CL}, HOP_BY_HOP), ({b"te": "1"}, HOP_BY_HOP),
+                                 (_RESPONSE_ACTIONS, frozenset({b"Keep-Alive"}))]:
+        with pytest.raises(TypeError):
+            _hotpath.setup_fields(bad_actions, bad_hop, acts)
+    fields = _hotpath.setup_fields(_RESPONSE_ACTIONS, HOP_BY_HOP, acts)   # the real table again
+    assert fields([(b"KEEP-ALIVE", b"1"), (b"Content-length", b"3"), (b"Connection", b"Keep-Alive, TE")]) == \
+        (b"Content-length: 3\r\n", True, False)
