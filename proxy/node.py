@@ -290,10 +290,12 @@ class Node:
             if verdict is not None:
                 self._answer(down, ex, *verdict)   # (status, reason, headers)
                 return
-        geo = ctx.geo
-        route = self.snapshot.router.match(
-            ctx.host, ctx.path, ctx.method,
-            getattr(geo, "country", None), getattr(geo, "continent", None))
+        router = self.snapshot.router
+        route = router.every
+        if route is None:
+            geo = ctx.geo
+            route = router.match(ctx.host, ctx.path, ctx.method,
+                                 getattr(geo, "country", None), getattr(geo, "continent", None))
         if route is None:
             self._answer(down, ex, 404, "no route for this host and path")
             return

@@ -64,6 +64,11 @@ class Router:
                 self.exact[h] = order(rs + anyhost)
         self.wild.sort(key=lambda kv: -len(kv[0]))
         self.anyhost = order(anyhost)
+        # The route every request matches, when there is one: no host keys and
+        # a catch-all first among the rest (the single-route config). Node.dispatch
+        # then skips match().
+        self.every: Route | None = (self.anyhost[0] if not self.exact and not self.wild and self.anyhost
+                                    and self.anyhost[0].catch_all else None)
 
     def candidates(self, host: str) -> tuple[Route, ...]:
         rs = self.exact.get(host)
