@@ -86,7 +86,7 @@ static PyObject *s_new_exchange, *s_max_request_line, *s_get_http_version, *s_ge
     *s_check_head, *s_split_host, *s_request_context, *s_build_upstream_head,
     *s_next_request_id, *s_id_prefix, *s_ids, *s_started, *s_hooks, *s_header_actions,
     *s_forward_headers, *s_name, *s_scheme, *s_client_from_xff, *s_snapshot,
-    *s_is_trusted_proxy, *s_geo_lookup, *s_format, *s_next, *s_init, *s_slots,
+    *s_is_trusted_proxy, *s_geo_lookup, *s_init, *s_slots,
     *s_now, *s_callback_failed, *s_max_headers, *s_max_header_bytes, *kw_parsing, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
 
 /* obj.<slot>, owned: an unset slot raises what Python raises */
@@ -1130,8 +1130,6 @@ static struct {
     PyObject *py_head_complete;   /* Node._head_complete_py */
     PyObject *next_rid;           /* Node.next_request_id (the function) */
     PyTypeObject *count_type;     /* itertools.count */
-    PyObject *builtins;           /* the builtins module's dict, and its format and next */
-    PyObject *builtin_format, *builtin_next;
 } N;
 
 /* node.next_request_id(): Node's own is done here, anything else is called */
@@ -1141,16 +1139,10 @@ next_request_id(PyObject *node)
     PyObject *m = PyObject_GetAttr(node, s_next_request_id);
     if (m == NULL)
         return NULL;
-    /* format and next as Python finds them: not in node.py's globals, the builtins' own */
-    if (!PyMethod_Check(m) || PyMethod_GET_FUNCTION(m) != N.next_rid || PyMethod_GET_SELF(m) != node
-        || PyDict_GetItemWithError(N.globals, s_format) != NULL
-        || PyDict_GetItemWithError(N.globals, s_next) != NULL
-        || PyDict_GetItemWithError(N.builtins, s_format) != N.builtin_format
-        || PyDict_GetItemWithError(N.builtins, s_next) != N.builtin_next)
+    /* Node's own method reads attributes only: no global name to check */
+    if (!PyMethod_Check(m) || PyMethod_GET_FUNCTION(m) != N.next_rid || PyMethod_GET_SELF(m) != node)
         goto call;
-    if (PyErr_Occurred())
-        goto fail;
-    /* self._id_prefix + format(next(self._ids), "x") */
+    /* self._id_prefix + "%x" % self._ids.__next__() */
     PyObject *prefix = PyObject_GetAttr(node, s_id_prefix);
     if (prefix == NULL)
         goto fail;
@@ -1176,7 +1168,7 @@ next_request_id(PyObject *node)
     int overflow;
     long long v = PyLong_CheckExact(n) ? PyLong_AsLongLongAndOverflow(n, &overflow) : -1;
     if (v >= 0 && !overflow) {
-        char buf[24];   /* format(v, "x"): lower-case hex digits, no prefix */
+        char buf[24];   /* "%x" % v: lower-case hex digits, no prefix */
         int len = 0;
         do {
             buf[sizeof(buf) - 1 - len++] = "0123456789abcdef"[v & 15];
@@ -1189,8 +1181,8 @@ next_request_id(PyObject *node)
         }
     } else {
         PyErr_Clear();
-        PyObject *x = PyUnicode_FromString("x"), *s = NULL;
-        if (x != NULL && (s = PyObject_Format(n, x)) != NULL)
+        PyObject *x = PyUnicode_FromString("%x"), *s = NULL;
+        if (x != NULL && (s = PyNumber_Remainder(x, n)) != NULL)
             r = PyNumber_Add(prefix, s);
         Py_XDECREF(x);
         Py_XDECREF(s);
@@ -1519,20 +1511,6 @@ setup_node(PyObject *module, PyObject *args)
     Py_INCREF(py_head_complete); Py_XSETREF(N.py_head_complete, py_head_complete);
     Py_INCREF(next_rid); Py_XSETREF(N.next_rid, next_rid);
     Py_INCREF(count_type); Py_XSETREF(N.count_type, (PyTypeObject *)count_type);
-    /* the builtins node.py's code sees, and their format and next now */
-    PyObject *builtins = PyDict_GetItemString(globals, "__builtins__");
-    if (builtins != NULL && PyModule_Check(builtins))
-        builtins = PyModule_GetDict(builtins);
-    PyObject *bf = builtins && PyDict_Check(builtins) ? PyDict_GetItemString(builtins, "format") : NULL;
-    PyObject *bn = builtins && PyDict_Check(builtins) ? PyDict_GetItemString(builtins, "next") : NULL;
-    if (bf == NULL || bn == NULL) {
-        Py_DECREF(descr);
-        PyErr_SetString(PyExc_TypeError, "setup_node: no builtins format/next");
-        return NULL;
-    }
-    Py_INCREF(builtins); Py_XSETREF(N.builtins, builtins);
-    Py_INCREF(bf); Py_XSETREF(N.builtin_format, bf);
-    Py_INCREF(bn); Py_XSETREF(N.builtin_next, bn);
     N.ready = 1;
     return descr;
 }
@@ -1582,7 +1560,7 @@ PyInit__request(void)
         || intern(&s_name, "name") < 0 || intern(&s_scheme, "scheme") < 0
         || intern(&s_client_from_xff, "client_from_xff") < 0 || intern(&s_snapshot, "snapshot") < 0
         || intern(&s_is_trusted_proxy, "is_trusted_proxy") < 0 || intern(&s_geo_lookup, "geo_lookup") < 0
-        || intern(&s_format, "format") < 0 || intern(&s_next, "next") < 0 || intern(&s_init, "__init__") < 0
+        || intern(&s_init, "__init__") < 0
         || intern(&s_slots, "__slots__") < 0 || intern(&u_empty, "") < 0 || intern(&s_now, "now") < 0
         || intern(&s_callback_failed, "_callback_failed") < 0
         || intern(&s_max_headers, "max_headers") < 0 || intern(&s_max_header_bytes, "max_header_bytes") < 0 || intern(&F.version, "1.1") < 0

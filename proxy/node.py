@@ -239,7 +239,9 @@ class Node:
     # parse + identify
     # ------------------------------------------------------------------
     def next_request_id(self) -> str:
-        return self._id_prefix + format(next(self._ids), "x")
+        # (attributes only, no global name: the C in _request.c, which makes
+        # the same string, has nothing else to check is still what it was)
+        return self._id_prefix + "%x" % self._ids.__next__()
 
     def head_complete(self, down: Downstream, ex: Exchange) -> None:
         target, host = check_head(ex, down.host_seen)
