@@ -417,6 +417,8 @@ class Exchange:
         except httptools.HttpParserError as e:
             self._bad_response(str(e))
             return
+        if self.resp_complete and self._done_plain(now):
+            return
         self._flush()
         if self.resp_complete:
             if self.state != DONE:
@@ -431,6 +433,74 @@ class Exchange:
             # The body goes on past this read: bound the gaps between reads with
             # the same timeout (not armed for responses that end in one read).
             self._arm_response_timer(now)
+
+    def _done_plain(self, now: float) -> bool:
+        """The common end of a response, in one call: what _flush, then
+        _response_done with pool.release, _finish_attempt, down.response_finished
+        and node.finish do, in their order, when the connection goes back to
+        the pool and the client's is not closed for this response (eight
+        calls cost ~0.6 us a request). False, having done nothing, otherwise:
+        the general path runs. tests/unit/test_done_plain.py compares the two."""
+        if self.state == DONE or self.resp_out_chunked or self.resp_close_after or not self.body_complete \
+                or not self.resp_keep_alive or self.resp_close_delimited:
+            return False
+        up, pool, ctx = self.up, self.pool, self.ctx
+        if up is None or pool is None or ctx is None:
+            return False
+        ut = up.transport
+        if up.closed or up.eof or ut is None or len(pool.idle) >= pool.max_idle or ut.is_closing():
+            return False
+        down, node = self.down, self.node
+        # _flush
+        out = self.out
+        if out:
+            down.write(out[0] if len(out) == 1 else b"".join(out))
+            self.out = []
+        self.head_unflushed = False
+        # _response_done
+        self.state = DONE
+        if self.timer:
+            self.timer = 0.0
+            node.deadlines.discard(self)
+        self.up = None
+        pool.busy.discard(up)   # pool.release(up, now, usable=True)
+        up.exchange = None
+        up.idle_since = now
+        if up.paused_by_client:
+            up.resume_reading()
+        pool.idle.append(up)
+        backend = self.backend   # _finish_attempt
+        if backend is not None and not self.accounted:
+            self.accounted = True
+            node.selector.on_done(backend, now - self.attempt_start, "5xx" if self.resp_status >= 500 else "ok", now)
+        # down.response_finished(self, close=False, now=now)
+        self.resp_parser = None
+        ctx.end = now   # node.finish(ctx, now)
+        stats = node.stats
+        stats["requests"] += 1
+        if ctx.status >= 500 or ctx.status == 0:
+            stats["errors"] += 1
+        f = node._finished
+        if f is not None:
+            f(ctx)
+        if down.current is not self:
+            return True
+        down.current = None
+        if down.paused:
+            down.resume_reading("upstream-full")
+            down.resume_reading("connecting")
+        t = down.transport
+        if t is None or down.closed:
+            return True
+        if not self.keep_alive or down.closing or node.draining:
+            down._close()
+            return True
+        down.last_active = now
+        if down.advancing:
+            return True
+        if down.queue or down.paused or down.upgraded or down.deferred is not None or down.client_eof:
+            down._advance()
+        return True
 
     def _flush(self) -> None:
         out = self.out

@@ -1,0 +1,248 @@
+"""Exchange._done_plain: the common end of a response in one call.
+
+It does what _flush, _response_done, pool.release, _finish_attempt,
+down.response_finished and node.finish do when each takes its plainest
+branch, or nothing (False) when one would not. Here a real Node, with
+stand-in transports, carries the same requests twice, once with it and once
+without (the general path), with the odd cases drawn around the plain one:
+each world must end the same, with the same bytes written, the same pool,
+balancer, counters and connection state, and the same state seen by the
+node's finish hook when it runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.config import parse_config
+from proxy.downstream import Downstream
+from proxy.exchange import Exchange
+from proxy.features import build_hooks
+from proxy.node import Listener, Node
+from proxy.upstream import UpstreamConnection
+
+PLAIN = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+         b"Connection: keep-alive\r\n\r\nok\n")
+RESPONSES = {
+    "plain": PLAIN,
+    "5xx": PLAIN.replace(b"200 OK", b"503 Service Unavailable"),
+    "close": PLAIN.replace(b"keep-alive", b"close"),                     # llhttp's, not kept
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n",
+    "http10": b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+    "split": PLAIN[:-2] + b"|" + PLAIN[-2:],   # two reads: llhttp's, the timer re-armed between them
+}
+REQUESTS = {
+    "plain": b"GET /a HTTP/1.1\r\nHost: h.test\r\n\r\n",
+    "close": b"GET /a HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n",
+    "http10": b"GET /a HTTP/1.0\r\nHost: h.test\r\n\r\n",
+    "pipelined": b"GET /a HTTP/1.1\r\nHost: h.test\r\n\r\nGET /b HTTP/1.1\r\nHost: h.test\r\n\r\n",
+    "head": b"HEAD /a HTTP/1.1\r\nHost: h.test\r\n\r\n",
+}
+
+
+class Transport:
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+        self.out: list[bytes] = []
+        self.closing = False
+        self.paused = False
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        return self.peer if key == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.out.append(bytes(data))
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.out.extend(bytes(d) for d in data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.out.append(b"<eof>")
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def set_write_buffer_limits(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = asyncio.new_event_loop()
+    asyncio.set_event_loop(lp)
+    yield lp
+    tasks = asyncio.all_tasks(lp)   # connects begun when no pooled connection was usable: never run
+    for t in tasks:
+        t.cancel()
+    lp.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    lp.close()
+    asyncio.set_event_loop(None)
+
+
+class World:
+    """A node, one client connection and `idle` pooled backend connections."""
+
+    def __init__(self, plain: bool, max_idle: int, idle: int, hook: str) -> None:
+        cfg = parse_config({
+            "node": {"name": "t", "region": "us-east-1"}, "listeners": [{"bind": "127.0.0.1:0"}],
+            "pools": {"p": {"regions": {"us-east-1": ["127.0.0.1:9"]}}},
+            "routes": [{"name": "r", "pool": "p"}], "upstream": {"max_idle_per_backend": max_idle},
+            "access_log": {"enabled": False}, "metrics": {"enabled": False}})
+        self.node = node = Node(cfg, hooks=build_hooks(cfg, 0))
+        clock = itertools.count(1000)
+        node.now = lambda: float(next(clock))   # the same readings in both worlds
+        self.seen: list[tuple[Any, ...]] = []
+        self.hook = hook
+        node._finished = self.finished
+        self.down = Downstream(node, Listener(cfg.listeners[0]))
+        self.dt = Transport(("127.0.0.1", 40000))
+        self.down.connection_made(self.dt)
+        backend = next(iter(node.selector.cluster.backends()))
+        self.pool = node.pool_for(backend)
+        self.ups: list[tuple[UpstreamConnection, Transport]] = []
+        for i in range(idle):
+            up, ut = UpstreamConnection(self.pool), Transport(("127.0.0.1", 9))
+            up.connection_made(ut)
+            self.pool.idle.append(up)
+            self.pool.created += 1
+            self.ups.append((up, ut))
+        self.backend = backend
+        self.plain = plain
+        self.exchanges: list[Exchange] = []
+
+    def finished(self, ctx: Any) -> None:
+        d = self.down
+        self.seen.append((ctx.request_id, ctx.status, ctx.end, ctx.backend, d.current is not None,
+                          d.last_active, len(self.pool.idle), len(self.pool.busy), self.node.stats["requests"]))
+        if self.hook == "close-client":
+            self.dt.closing = True
+            d.closing = True
+        elif self.hook == "drain":
+            self.node.draining = True
+        elif self.hook == "pause":
+            d.pause_reading("upstream-full")
+
+    def run(self, request: bytes, response: bytes, up_closing: bool, odd: str) -> None:
+        """odd: "paused" (client reads paused), "slow-client" (its writes
+        paused: the backend's reads are paused too), "up-eof" (the backend's
+        FIN already read), or ""."""
+        if not self.plain:
+            saved = Exchange._done_plain
+            Exchange._done_plain = lambda self, now: False  # type: ignore[method-assign]
+        try:
+            if odd == "paused":
+                self.down.pause_reading("connecting")
+            elif odd == "slow-client":
+                self.down.pause_writing()
+            self.down.data_received(request)
+            for up, ut in self.ups:
+                ut.closing = up_closing
+                ex = up.exchange
+                if ex is not None:
+                    up.eof = up.eof or odd == "up-eof"
+                    for piece in response.split(b"|"):
+                        up.data_received(piece)
+                    self.exchanges.append(ex)
+            if odd == "slow-client":
+                self.down.resume_writing()
+        finally:
+            if not self.plain:
+                Exchange._done_plain = saved  # type: ignore[method-assign]
+
+    def state(self) -> dict[str, Any]:
+        d, b, node = self.down, self.backend, self.node
+        ups = {id(u): i for i, (u, _) in enumerate(self.ups)}
+        return {
+            "client out": b"".join(self.dt.out), "client closing": self.dt.closing, "client paused": self.dt.paused,
+            "backend out": [b"".join(ut.out) for _, ut in self.ups],
+            "backend closing": [ut.closing for _, ut in self.ups],
+            "idle": [ups[id(u)] for u in self.pool.idle], "busy": sorted(ups[id(u)] for u in self.pool.busy),
+            "ups": [(u.exchange is None, u.closed, u.idle_since) for u, _ in self.ups],
+            "balancer": (b.in_flight, b.ewma_ms, b.samples, b.stamp),
+            "stats": dict(node.stats), "started": node.started, "deadlines": len(node.deadlines),
+            "down": (d.current is None, d.requests, d.parsed, d.last_active, d.closing, d.closed, sorted(d.paused),
+                     len(d.queue), d.dead),
+            "seen": self.seen,
+            "exchanges": [(e.state, e.resp_parser is None, e.up is None, e.timer, e.accounted, e.out,
+                           e.head_unflushed, e.resp_complete) for e in self.exchanges],
+            "up paused": [u.paused_by_client for u, _ in self.ups],
+        }
+
+
+def compare(steps: list[tuple[str, str, bool, bool]], max_idle: int, idle: int, hook: str) -> None:
+    worlds = [World(plain, max_idle, idle, hook) for plain in (True, False)]
+    for request, response, up_closing, odd in steps:
+        for w in worlds:
+            w.run(REQUESTS[request], RESPONSES[response], up_closing, odd)
+        assert worlds[0].state() == worlds[1].state(), (request, response, up_closing, odd)
+
+
+@pytest.mark.parametrize("hook", ["none", "pause", "drain", "close-client"])
+@pytest.mark.parametrize("odd", ["", "paused", "slow-client", "up-eof"])
+@pytest.mark.parametrize("max_idle", [8, 1, 0])
+def test_plain_exchanges_with_each_odd_case(loop: asyncio.AbstractEventLoop, hook: str, odd: str,
+                                            max_idle: int) -> None:
+    plain = ("plain", "plain", False, odd)
+    compare([plain, plain, ("pipelined", "plain", False, ""), plain, ("plain", "5xx", False, ""),
+             ("plain", "split", False, odd), plain], max_idle, 1, hook)
+
+
+# plain first: hypothesis draws (and shrinks towards) the first elements most
+REQUEST_NAMES = ["plain", "plain", "close", "http10", "pipelined", "head"]
+RESPONSE_NAMES = ["plain", "plain", "5xx", "split", "close", "chunked", "http10"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(REQUEST_NAMES), st.sampled_from(RESPONSE_NAMES),
+                                st.sampled_from([False, False, False, True]),
+                                st.sampled_from(["", "", "", "paused", "slow-client", "up-eof"])),
+                        min_size=1, max_size=4),
+       max_idle=st.sampled_from([8, 8, 1, 0]), idle=st.sampled_from([1, 1, 2]),
+       hook=st.sampled_from(["none", "none", "pause", "drain", "close-client"]))
+def test_the_plain_end_leaves_what_the_general_path_leaves(loop: asyncio.AbstractEventLoop, steps: list[Any],
+                                                           max_idle: int, idle: int, hook: str) -> None:
+    compare(steps, max_idle, idle, hook)
+
+
+def test_a_plain_response_takes_it(loop: asyncio.AbstractEventLoop) -> None:
+    calls = []
+    real = Exchange._done_plain
+
+    def spy(self: Exchange, now: float) -> bool:
+        calls.append(r := real(self, now))
+        return r
+
+    w = World(True, 8, 1, "none")
+    Exchange._done_plain = spy  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            w.run(REQUESTS["plain"], PLAIN, False, "")
+        w.run(REQUESTS["close"], PLAIN, False, "")   # the client asked to close: the general path
+    finally:
+        Exchange._done_plain = real  # type: ignore[method-assign]
+    assert calls == [True, True, True, False]
+    assert w.node.stats["requests"] == 4 and w.down.closing and w.dt.out[-1] == b"<eof>"
+    assert w.dt.out[0].startswith(b"HTTP/1.1 200 OK\r\n") and w.dt.out[0].endswith(b"\r\n\r\nok\n")
