@@ -70,6 +70,7 @@ static struct {
 } S;
 
 static PyTypeObject ParsedType;   /* feed_fast's stand-in parser (below) */
+static PyObject *parsed_status_of(PyObject *parsed);
 
 /* Downstream, for keep_alive_after inlined (setup_down) */
 static struct {
@@ -272,8 +273,12 @@ head_prepare(PyObject *ex, Head *h)
         if (!PySet_CheckExact(h->deadlines))
             return 0;
     }
-    /* the parser's calls run no Python code (httptools' Cython methods) */
-    h->status = PyObject_CallMethodNoArgs(f[E_RESP_PARSER], s_get_status_code);
+    /* the parser's calls run no Python code (httptools' Cython methods); feed_fast's
+     * stand-in answers from its fields, as its methods would */
+    if (Py_TYPE(f[E_RESP_PARSER]) == &ParsedType)
+        h->status = Py_NewRef(parsed_status_of(f[E_RESP_PARSER]));
+    else
+        h->status = PyObject_CallMethodNoArgs(f[E_RESP_PARSER], s_get_status_code);
     if (h->status == NULL)
         return -1;
     if (!PyLong_CheckExact(h->status))
@@ -284,7 +289,9 @@ head_prepare(PyObject *ex, Head *h)
         return -1;
     if (overflow || h->st < 200)
         return 0;   /* 1xx and 101 */
-    h->keep = PyObject_CallMethodNoArgs(f[E_RESP_PARSER], s_should_keep_alive);
+    h->keep = Py_TYPE(f[E_RESP_PARSER]) == &ParsedType
+        ? Py_NewRef(Py_True)   /* (parsed_keep_alive) */
+        : PyObject_CallMethodNoArgs(f[E_RESP_PARSER], s_should_keep_alive);
     if (h->keep == NULL)
         return -1;
     PyObject *ctx = f[E_CTX];
@@ -649,10 +656,17 @@ typedef struct {
     PyObject *status;   /* int */
 } Parsed;
 
+/* what its get_status_code() answers (borrowed) */
+static PyObject *
+parsed_status_of(PyObject *parsed)
+{
+    return ((Parsed *)parsed)->status;
+}
+
 static PyObject *
 parsed_status(PyObject *self, PyObject *unused)
 {
-    return Py_NewRef(((Parsed *)self)->status);
+    return Py_NewRef(parsed_status_of(self));
 }
 
 static PyObject *
