@@ -458,14 +458,16 @@ class Downstream(asyncio.Protocol):
         -> request_done) right after this returns."""
         self.current = ex
         self.requests += 1
-        held, ex.pending_body = ex.pending_body, []
+        held = ex.pending_body   # what arrived for it while it waited in the pipeline queue
+        if held:
+            ex.pending_body = []
         ex.state = WAITING
         self.node.dispatch(self, ex)
-        # Replay what arrived for it while it waited in the pipeline queue.
-        for chunk in held:
-            if ex.state == DONE:
-                break
-            ex.request_body(chunk)
+        if held:   # replayed now
+            for chunk in held:
+                if ex.state == DONE:
+                    break
+                ex.request_body(chunk)
         if ex.body_complete and ex.state != DONE and not parsing:
             ex.request_done()
 

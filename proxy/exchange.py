@@ -269,7 +269,7 @@ class Exchange:
 
     def _arm_response_timer(self, now: float = 0.0) -> None:
         node = self.node
-        self.timer = (now or node.now()) + node.snapshot.config.upstream.response_timeout_s
+        self.timer = (now or node.now()) + node.snapshot.response_timeout_s
         node.deadlines.add(self)
 
     def _clear_timer(self) -> None:

@@ -58,3 +58,12 @@ def test_every_is_what_match_gives(routes: list[dict[str, Any]], host: str, path
     r = router(*routes)
     if r.every is not None:
         assert r.match(host, path, method, country, continent) is r.every
+
+
+def test_the_snapshot_carries_the_response_timeout_it_was_compiled_with() -> None:
+    # Exchange._arm_response_timer reads it here, once per request; a reload
+    # compiles a new snapshot, so a changed timeout takes effect with it.
+    for timeout in (0.5, 30.0):
+        cfg = parse_config({"pools": POOLS, "routes": [{"name": "r", "pool": "p"}],
+                            "upstream": {"response_timeout_s": timeout}})
+        assert compile_snapshot(cfg).response_timeout_s == timeout
