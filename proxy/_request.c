@@ -63,11 +63,11 @@ static const char *d_names[N_D] = {
 
 enum { E_URL, E_HEADER_BYTES, E_URL_LEN, E_LIMITS, E_VERSION, E_METHOD, E_KEEP_ALIVE,
        E_DECLARED_LEN, E_CHUNKED, E_BODY_COMPLETE, E_STATE, E_HOST_VALUE, E_HEADERS, E_CTX,
-       E_REQ_HEAD, E_NAMES, N_E };
+       E_REQ_HEAD, E_NAMES, E_BODY_CHUNKED_OUT, E_TIMER, E_RESP_HEAD_SENT, N_E };
 static const char *e_names[N_E] = {
     "url", "header_bytes", "url_len", "limits", "version", "method", "keep_alive",
     "declared_len", "chunked", "body_complete", "state", "host_value", "headers", "ctx",
-    "req_head", "names"};
+    "req_head", "names", "body_chunked_out", "timer", "resp_head_sent"};
 
 static struct {
     int ready;
@@ -77,12 +77,13 @@ static struct {
     PyObject *globals;                   /* downstream.py's module dict */
     PyObject *waiting;                   /* exchange.WAITING */
     PyObject *py_on_url, *py_begin, *py_headers_complete, *py_message_complete;
+    PyObject *request_done;              /* Exchange.request_done (the function) at setup */
 } S;
 
 /* strings and constants, made at import */
 static PyObject *s_new_exchange, *s_max_request_line, *s_get_http_version, *s_get_method,
     *s_should_keep_alive, *s_head_complete, *s_activate, *s_append, *s_pause_reading,
-    *s_pipelined, *s_request_done, *s_decode, *s_partition, *s_encode, *s_latin1,
+    *s_pipelined, *s_request_done, *s_SENT, *s_decode, *s_partition, *s_encode, *s_latin1,
     *s_check_head, *s_split_host, *s_request_context, *s_build_upstream_head,
     *s_next_request_id, *s_id_prefix, *s_ids, *s_started, *s_hooks, *s_header_actions,
     *s_forward_headers, *s_name, *s_scheme, *s_client_from_xff, *s_snapshot,
@@ -415,6 +416,37 @@ on_message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyO
     return message_complete(self, args, nargs, kwnames, 1);
 }
 
+/* ex.request_done() when it would only set body_complete (its usual case: a
+ * request without a body, its head already sent and its response timer
+ * armed): that done here, 1; 0 when Python's method must run (it is not
+ * Exchange's own, or it would write a chunked body's end or arm the timer);
+ * -1 an error. */
+static int
+request_done_is_noop(PyObject *ex)
+{
+    if (Py_TYPE(ex) != S.ex_type || S.request_done == NULL)
+        return 0;
+    PyObject *fn = PyDict_GetItemWithError(S.ex_type->tp_dict, s_request_done);   /* borrowed */
+    if (fn != S.request_done)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *chunked = SLOT(ex, S.eoff[E_BODY_CHUNKED_OUT]), *state = SLOT(ex, S.eoff[E_STATE]),
+        *timer = SLOT(ex, S.eoff[E_TIMER]), *head_sent = SLOT(ex, S.eoff[E_RESP_HEAD_SENT]);
+    /* `if self.state >= SENT and not self.timer and not self.resp_head_sent`, with SENT
+     * as the method finds it; exact ints, a float and bools compare without Python code */
+    PyObject *sent = PyDict_GetItemWithError(PyFunction_GET_GLOBALS(fn), s_SENT);   /* borrowed */
+    if (sent == NULL || chunked != Py_False || state == NULL || timer == NULL || head_sent == NULL
+        || !PyLong_CheckExact(state) || !PyLong_CheckExact(sent) || !PyFloat_CheckExact(timer)
+        || (head_sent != Py_True && head_sent != Py_False))
+        return PyErr_Occurred() ? -1 : 0;
+    int ge = PyObject_RichCompareBool(state, sent, Py_GE);
+    if (ge < 0)
+        return -1;
+    if (ge && PyFloat_AS_DOUBLE(timer) == 0.0 && head_sent == Py_False)
+        return 0;   /* it arms the timer */
+    slot_set(ex, S.eoff[E_BODY_COMPLETE], Py_NewRef(Py_True));   /* self.body_complete = True */
+    return 1;
+}
+
 static PyObject *
 message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int ask)
 {
@@ -451,10 +483,15 @@ message_complete(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
         goto done;
     Py_DECREF(cur);
     if (ex == cur) {
-        r = call_method0(ex, s_request_done);
-        if (r == NULL)
+        int noop = request_done_is_noop(ex);
+        if (noop < 0)
             goto done;
-        Py_DECREF(r);
+        if (!noop) {
+            r = call_method0(ex, s_request_done);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
     } else if (eset(ex, E_BODY_COMPLETE, Py_NewRef(Py_True)) < 0)
         goto done;
     r = Py_NewRef(Py_None);
@@ -532,6 +569,8 @@ setup_down(PyObject *module, PyObject *args)
     Py_INCREF(py[1]); Py_XSETREF(S.py_begin, py[1]);
     Py_INCREF(py[2]); Py_XSETREF(S.py_headers_complete, py[2]);
     Py_INCREF(py[3]); Py_XSETREF(S.py_message_complete, py[3]);
+    PyObject *rd = PyDict_GetItemString(((PyTypeObject *)ex_type)->tp_dict, "request_done");   /* borrowed */
+    Py_XSETREF(S.request_done, rd != NULL && PyFunction_Check(rd) ? Py_NewRef(rd) : NULL);
     S.ready = 1;
     return descrs;
 }
@@ -1549,7 +1588,7 @@ PyInit__request(void)
         || intern(&s_should_keep_alive, "should_keep_alive") < 0 || intern(&s_head_complete, "head_complete") < 0
         || intern(&s_activate, "_activate") < 0 || intern(&s_append, "append") < 0
         || intern(&s_pause_reading, "pause_reading") < 0 || intern(&s_pipelined, "pipelined") < 0
-        || intern(&s_request_done, "request_done") < 0 || intern(&s_decode, "decode") < 0
+        || intern(&s_request_done, "request_done") < 0 || intern(&s_SENT, "SENT") < 0 || intern(&s_decode, "decode") < 0
         || intern(&s_partition, "partition") < 0 || intern(&s_encode, "encode") < 0
         || intern(&s_latin1, "latin-1") < 0 || intern(&s_check_head, "check_head") < 0
         || intern(&s_split_host, "split_host") < 0 || intern(&s_request_context, "RequestContext") < 0

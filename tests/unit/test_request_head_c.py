@@ -119,8 +119,10 @@ def make_node(limits: dict[str, int], answer: bool) -> Node:
         ex.max_body = 1 << 30
         if answer:   # a synchronous answer: the next pipelined request starts at once
             Node._answer(node, down, ex, 404, "no route for this host and path")
-        else:   # as if forwarded: request_done arms the response timer
-            ex.state = SENT
+        else:   # as if forwarded: every other one with its response timer armed (as
+            ex.state = SENT   # _attach does), the rest armed by request_done
+            if len(dispatched) % 2 == 0:
+                ex._arm_response_timer(node.now())
 
     node.dispatch = dispatch  # type: ignore[method-assign]
     return node
@@ -651,3 +653,25 @@ def test_the_reject_of_a_long_target_is_python_s() -> None:
     with pytest.raises(httptools.HttpParserCallbackError) as e:
         down.parser.feed_data(raw)  # type: ignore[union-attr]
     assert isinstance(e.value.__context__, Reject) and e.value.__context__.status == 414
+
+
+def test_a_replaced_request_done_is_called_even_where_the_c_skips_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The C does request_done's usual case itself (it would only set
+    # body_complete); a request_done that is not Exchange's own is called.
+    seen: list[str] = []
+    real = Exchange.request_done
+
+    def spy(self: Exchange) -> None:
+        seen.append(self.method)
+        real(self)
+
+    for replaced in (False, True):
+        if replaced:
+            monkeypatch.setattr(Exchange, "request_done", spy)
+        down = make_down(make_node({}, answer=False), False, None)
+        down.data_received(b"GET /a HTTP/1.1\r\nHost: a.example\r\n\r\n")   # dispatched 1st: request_done arms
+        down.current = None   # (as if answered) the next one is dispatched at once
+        down.data_received(b"GET /b HTTP/1.1\r\nHost: a.example\r\n\r\n")   # 2nd: armed by dispatch, C skips
+        ex = down.node.dispatched[-1]  # type: ignore[attr-defined]
+        assert ex.body_complete and ex.timer > 0
+        assert seen == (["GET", "GET"] if replaced else [])
