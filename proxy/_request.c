@@ -164,6 +164,53 @@ global(PyObject *globals, PyObject *name)
 
 /* -- Downstream.on_url ------------------------------------------------------------
  * The target, piece by piece: kept, counted in url_len and header_bytes. */
+/* -- the limits a request is read under ---------------------------------------------
+ * ex.limits is the snapshot's config.Limits, a frozen pydantic model: its
+ * values cannot change, and reading one costs a pydantic attribute look-up.
+ * The last one seen is kept (owned, so its identity stays its own) with the
+ * three this file reads per request. Any other object is read each time. */
+static struct {
+    PyTypeObject *type;   /* config.Limits (setup_fast), or NULL: no caching */
+    PyObject *limits;     /* owned */
+    Py_ssize_t line, headers, bytes;
+} L;
+
+static Py_ssize_t
+limit(PyObject *limits, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(limits, name);
+    if (v == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t r = PyLong_CheckExact(v) ? PyLong_AsSsize_t(v) : -1;
+    if (r == -1)
+        PyErr_Clear();
+    Py_DECREF(v);
+    return r;
+}
+
+/* limits.max_request_line, .max_headers, .max_header_bytes: each -1 when it is
+ * not a plain int (Python's path). The look-ups could run Python code (not
+ * for a Limits). */
+static void
+limits_of(PyObject *limits, Py_ssize_t *line, Py_ssize_t *headers, Py_ssize_t *bytes)
+{
+    if (limits != L.limits || L.limits == NULL) {
+        Py_INCREF(limits);
+        Py_ssize_t a = limit(limits, s_max_request_line), b = limit(limits, s_max_headers),
+            c = limit(limits, s_max_header_bytes);
+        if (L.type != NULL && Py_TYPE(limits) == L.type) {
+            Py_XSETREF(L.limits, Py_NewRef(limits));
+            L.line = a, L.headers = b, L.bytes = c;
+        }
+        Py_DECREF(limits);
+        *line = a, *headers = b, *bytes = c;
+        return;
+    }
+    *line = L.line, *headers = L.headers, *bytes = L.bytes;
+}
+
 static PyObject *
 on_url(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -179,17 +226,8 @@ on_url(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
     /* the limit first (Python reads it last): the only look-up that could run
      * Python code; the slots are read after it, the exchange owned meanwhile */
     Py_INCREF(ex);
-    Py_INCREF(limits);
-    PyObject *m = PyObject_GetAttr(limits, s_max_request_line);
-    Py_DECREF(limits);
-    Py_ssize_t max_line = -1;
-    if (m == NULL)
-        PyErr_Clear();
-    else {
-        if (PyLong_CheckExact(m) && (max_line = PyLong_AsSsize_t(m)) == -1 && PyErr_Occurred())
-            PyErr_Clear();
-        Py_DECREF(m);
-    }
+    Py_ssize_t max_line, unused_headers, unused_bytes;
+    limits_of(limits, &max_line, &unused_headers, &unused_bytes);
     PyObject *urls = SLOT(ex, S.eoff[E_URL]), *hb = SLOT(ex, S.eoff[E_HEADER_BYTES]),
         *ul = SLOT(ex, S.eoff[E_URL_LEN]);
     int odd = max_line < 0 || SLOT(self, S.doff[D_PARSING]) != ex || urls == NULL || hb == NULL
@@ -726,21 +764,6 @@ ex_int(PyObject *ex, int i)
     return r;
 }
 
-static Py_ssize_t
-limit(PyObject *limits, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(limits, name);
-    if (v == NULL) {
-        PyErr_Clear();
-        return -1;
-    }
-    Py_ssize_t r = PyLong_CheckExact(v) ? PyLong_AsSsize_t(v) : -1;
-    if (r == -1)
-        PyErr_Clear();
-    Py_DECREF(v);
-    return r;
-}
-
 /* The callbacks for a recognised head; its fields' entries in e[] */
 static PyObject *
 fast_callbacks(PyObject *self, const char *d, int is_head, Py_ssize_t tlen, Obj *e, int nf)
@@ -779,9 +802,8 @@ fast_callbacks(PyObject *self, const char *d, int is_head, Py_ssize_t tlen, Obj 
     PyObject *headers = NULL, *names = NULL;
     if (Py_TYPE(ex) == S.ex_type && SLOT(ex, S.eoff[E_LIMITS]) != NULL) {
         /* the limits first: their look-ups could run Python code; the slots after */
-        PyObject *limits = Py_NewRef(SLOT(ex, S.eoff[E_LIMITS]));
-        Py_ssize_t max_headers = limit(limits, s_max_headers), max_bytes = limit(limits, s_max_header_bytes);
-        Py_DECREF(limits);
+        Py_ssize_t max_line, max_headers, max_bytes;
+        limits_of(SLOT(ex, S.eoff[E_LIMITS]), &max_line, &max_headers, &max_bytes);
         Py_ssize_t ul = ex_int(ex, E_URL_LEN), h0 = ex_int(ex, E_HEADER_BYTES), total = h0;
         for (int k = 0; k < nf; k++)
             total += PyBytes_GET_SIZE(e[k].name) + PyBytes_GET_SIZE(e[k].value) + 4;
@@ -903,10 +925,10 @@ static PyMethodDef data_received_def = METHOD("data_received", data_received,
 static PyObject *
 setup_fast(PyObject *module, PyObject *args)
 {
-    PyObject *down_type, *parsing, *special, *py;
+    PyObject *down_type, *parsing, *special, *py, *limits_type = NULL;
     Py_ssize_t feed_slice;
-    if (!PyArg_ParseTuple(args, "O!OOnO:setup_fast", &PyType_Type, &down_type, &parsing, &special, &feed_slice,
-                          &py))
+    if (!PyArg_ParseTuple(args, "O!OOnO|O!:setup_fast", &PyType_Type, &down_type, &parsing, &special, &feed_slice,
+                          &py, &PyType_Type, &limits_type))
         return NULL;
     if (!S.ready || (PyTypeObject *)down_type != S.down_type || !PyAnySet_Check(special)) {
         PyErr_SetString(PyExc_TypeError, "setup_fast: call setup_down() first; SPECIAL must be a set");
@@ -942,6 +964,8 @@ setup_fast(PyObject *module, PyObject *args)
     for (int i = 0; i < N_M; i++)
         Py_XSETREF(F.method[i], Py_NewRef(i == M_DATA_RECEIVED ? descr : PyDict_GetItem(dict, F.m_name[i])));
     Py_INCREF(special); Py_XSETREF(F.special, special);
+    Py_XINCREF(limits_type); Py_XSETREF(L.type, (PyTypeObject *)limits_type);
+    Py_CLEAR(L.limits);
     Py_INCREF(parsing); Py_XSETREF(F.parsing, parsing);
     Py_INCREF(py); Py_XSETREF(F.py_data_received, py);
     Py_XSETREF(F.on_header, Py_NewRef(F.method[M_ON_HEADER]));
@@ -1562,7 +1586,8 @@ static PyMethodDef methods[] = {
      "setup_node(Node, globals, py_head_complete, next_request_id, count_type, RequestContext, template, "
      "stand_ins): the C Node.head_complete."},
     {"setup_fast", setup_fast, METH_VARARGS,
-     "setup_fast(Downstream, PARSING, SPECIAL, py_data_received): the C Downstream.data_received."},
+     "setup_fast(Downstream, PARSING, SPECIAL, FEED_SLICE, py_data_received[, Limits]): the C "
+     "Downstream.data_received (with Limits, whose frozen values it keeps per object)."},
     {"scan", scan, METH_O, "scan(data): what the fast path makes of a request head, or None (for the tests)."},
     {"fast_count", fast_count, METH_NOARGS, "fast_count(): heads the fast path has taken (for the tests)."},
     {"new_context", (PyCFunction)(void (*)(void))new_context, METH_FASTCALL,

@@ -812,5 +812,6 @@ if _request_c is not None:
 # the subset); every other read goes to this Python method and llhttp.
 Downstream._data_received_py = Downstream.data_received   # type: ignore[attr-defined]
 if _request_c is not None:
+    from .config import Limits   # frozen: the C reads its limits once per config
     attach("proxy._request", lambda c: c.setup_fast(
-        Downstream, PARSING, _SPECIAL, FEED_SLICE, Downstream._data_received_py))  # type: ignore[attr-defined]
+        Downstream, PARSING, _SPECIAL, FEED_SLICE, Downstream._data_received_py, Limits))  # type: ignore[attr-defined]

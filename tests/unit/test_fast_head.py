@@ -445,3 +445,20 @@ def test_a_replaced_feed_turns_the_c_off() -> None:
     finally:
         Downstream._feed = saved  # type: ignore[method-assign]
     assert seen == [MINIMAL] and down.parsed == 1
+
+
+def test_limits_are_read_again_unless_they_are_a_frozen_limits() -> None:
+    """The C keeps the last config.Limits' values (a frozen model); limits of
+    any other kind, which could change, are read for every request."""
+    import types
+    node = make_node({}, answer=True)
+    real = node.snapshot.config.limits
+    mutable = types.SimpleNamespace(**real.model_dump())
+    node.snapshot = types.SimpleNamespace(config=types.SimpleNamespace(limits=mutable))  # type: ignore[assignment]
+    down = make_down(node, False, None)
+    head = b"GET / HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\nX-A: 1\r\n\r\n"
+    down.data_received(head)
+    assert b"431" not in b"".join(d for d in down.transport.log if isinstance(d, bytes))  # type: ignore[union-attr]
+    mutable.max_headers = 2
+    down.data_received(head)   # three fields: one over
+    assert b"431" in b"".join(d for d in down.transport.log if isinstance(d, bytes))  # type: ignore[union-attr]
