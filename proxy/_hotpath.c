@@ -806,7 +806,7 @@ typedef struct {
 
 static struct {
     int ready;
-    Names actions;       /* exchange._RESPONSE_ACTIONS (a constant), as it was at setup */
+    Names actions;       /* exchange._RESPONSE_ACTIONS (read-only), as it was at setup */
     Names hop;           /* http11.HOP_BY_HOP (a frozenset) */
     long a_hop, a_cl, a_te, a_conn;
 } F;
@@ -974,14 +974,18 @@ setup_fields(PyObject *self, PyObject *args)
 {
     PyObject *actions, *hop;
     long a_hop, a_cl, a_te, a_conn;
-    if (!PyArg_ParseTuple(args, "O!O!(llll):setup_fields", &PyDict_Type, &actions, &PyFrozenSet_Type,
+    if (!PyArg_ParseTuple(args, "OO!(llll):setup_fields", &actions, &PyFrozenSet_Type,
                           &hop, &a_hop, &a_cl, &a_te, &a_conn))
         return NULL;
+    if (!PyDict_CheckExact(actions) && !Py_IS_TYPE(actions, &PyDictProxy_Type)) {
+        PyErr_SetString(PyExc_TypeError, "setup_fields: the actions must be a dict or a read-only view of one");
+        return NULL;
+    }
     if (a_hop == 0 || a_cl == 0 || a_te == 0 || a_conn == 0) {
         PyErr_SetString(PyExc_ValueError, "setup_fields: 0 is no action");
         return NULL;
     }
-    PyObject *pairs = PyDict_Items(actions), *hop_list = PySequence_List(hop);
+    PyObject *pairs = PyMapping_Items(actions), *hop_list = PySequence_List(hop);
     F.ready = 0;
     int bad = pairs == NULL || hop_list == NULL || names_set(&F.actions, pairs, 1) < 0
         || names_set(&F.hop, hop_list, 0) < 0;

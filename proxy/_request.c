@@ -88,7 +88,7 @@ static PyObject *s_new_exchange, *s_max_request_line, *s_get_http_version, *s_ge
     *s_next_request_id, *s_id_prefix, *s_ids, *s_started, *s_hooks, *s_header_actions,
     *s_forward_headers, *s_name, *s_scheme, *s_client_from_xff, *s_snapshot,
     *s_is_trusted_proxy, *s_geo_lookup, *s_init, *s_slots,
-    *s_now, *s_callback_failed, *s_max_headers, *s_max_header_bytes, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
+    *s_now, *s_callback_failed, *s_max_headers, *s_max_header_bytes, *kw_parsing, *f_zero, *i_zero, *i_one, *b_question, *b_via, *u_empty;
 
 /* obj.<slot>, owned: an unset slot raises what Python raises */
 static PyObject *
@@ -424,8 +424,8 @@ headers_complete_with(PyObject *self, PyObject *ex, PyObject *version, PyObject 
         return NULL;
     Py_DECREF(cur);
     if (cur == Py_None) {
-        PyObject *b[3] = {self, ex, Py_True};   /* self._activate(ex, True): parsing, positional */
-        v = PyObject_VectorcallMethod(s_activate, b, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject *b[3] = {self, ex, Py_True};   /* self._activate(ex, parsing=True), as Python calls it */
+        v = PyObject_VectorcallMethod(s_activate, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_parsing);
     } else {
         if (eset(ex, E_STATE, Py_NewRef(S.waiting)) < 0)
             return NULL;
@@ -709,7 +709,10 @@ down_unchanged(void)
     PyTypeObject *t = S.down_type;
     if (F.tag != 0 && t->tp_version_tag == F.tag && tag_valid(t))
         return 1;
-    /* modified since (or never tagged): look at the methods themselves */
+    /* modified since (or never tagged): look at the methods themselves, found the
+     * generic way (a __getattribute__ given to the class would find others) */
+    if (t->tp_getattro != PyObject_GenericGetAttr)
+        return 0;
     for (int i = 0; i < N_M; i++) {
         PyObject *v = PyDict_GetItemWithError(t->tp_dict, F.m_name[i]);   /* borrowed */
         if (v != F.method[i]) {
@@ -1630,7 +1633,7 @@ PyInit__request(void)
         || intern(&s_max_headers, "max_headers") < 0 || intern(&s_max_header_bytes, "max_header_bytes") < 0 || intern(&F.version, "1.1") < 0
         || intern(&F.get, "GET") < 0 || intern(&F.head, "HEAD") < 0)
         return NULL;
-    if ((f_zero = PyFloat_FromDouble(0.0)) == NULL
+    if ((kw_parsing = Py_BuildValue("(s)", "parsing")) == NULL || (f_zero = PyFloat_FromDouble(0.0)) == NULL
         || (i_zero = PyLong_FromLong(0)) == NULL || (i_one = PyLong_FromLong(1)) == NULL
         || (b_question = PyBytes_FromString("?")) == NULL || (b_via = PyBytes_FromString("1.1 novaedge")) == NULL)
         return NULL;

@@ -817,14 +817,19 @@ tag_valid(PyTypeObject *t)
 /* Exchange still holds this module's five callbacks (setup's descriptors):
  * then feed_fast calls the C functions themselves, not through a method
  * look-up (~0.2 us a response). feed_fast takes only an exact Exchange, so
- * its own dict is where Python would find them. The type's version tag
- * changes with any assignment to the class: until then one comparison. */
+ * its own dict is where Python would find them, as long as the class keeps
+ * the generic attribute look-up. The type's version tag changes with any
+ * assignment to the class: until then one comparison. */
 static int
 ex_unchanged(void)
 {
     PyTypeObject *t = S.ex_type;
     if (S.tag != 0 && t->tp_version_tag == S.tag && tag_valid(t))
         return 1;
+    /* (a __getattribute__ or __getattr__ given to the class changes how httptools' getattr
+     * finds them, and changes the tag: then the methods are looked up) */
+    if (t->tp_getattro != PyObject_GenericGetAttr)
+        return 0;
     for (int i = 0; i < N_PY; i++) {
         PyObject *v = PyDict_GetItemWithError(t->tp_dict, *callback_names[i]);   /* borrowed */
         if (v != S.desc[i]) {

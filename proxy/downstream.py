@@ -458,12 +458,12 @@ class Downstream(asyncio.Protocol):
         -> request_done) right after this returns."""
         self.current = ex
         self.requests += 1
-        held = ex.pending_body   # what arrived for it while it waited in the pipeline queue
-        if held:
+        held = ex.pending_body or None   # what arrived for it while it waited in the pipeline queue
+        if held is not None:
             ex.pending_body = []
         ex.state = WAITING
         self.node.dispatch(self, ex)
-        if held:   # replayed now
+        if held is not None:   # replayed now
             for chunk in held:
                 if ex.state == DONE:
                     break

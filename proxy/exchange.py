@@ -19,7 +19,7 @@ the order through the access log's verdicts):
 from __future__ import annotations
 
 import asyncio
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Callable
 
 import httptools
@@ -440,7 +440,11 @@ class Exchange:
         and node.finish do, in their order, when the connection goes back to
         the pool and the client's is not closed for this response (eight
         calls cost ~0.6 us a request). False, having done nothing, otherwise:
-        the general path runs. tests/unit/test_done_plain.py compares the two."""
+        the general path runs. tests/unit/test_done_plain.py compares the two.
+        It stands for those methods as this package defines them: a subclass
+        or a patch that replaces one of them is not called here (nothing in
+        NovaEdge does; hooks plug in through NodeHooks, and node.finish's hook,
+        node._finished, is called here as there)."""
         if self.state == DONE or self.resp_out_chunked or self.resp_close_after or not self.body_complete \
                 or not self.resp_keep_alive or self.resp_close_delimited:
             return False
@@ -824,8 +828,9 @@ class Exchange:
 
 # What _render_head does with a response field, by lower-case name (None: forward).
 _HOP, _CL, _TE, _CONN = 1, 2, 3, 4
-_RESPONSE_ACTIONS: dict[bytes, int] = {**dict.fromkeys(HOP_BY_HOP, _HOP), b"content-length": _CL,
-                                       b"transfer-encoding": _TE, b"connection": _CONN}
+# read-only: the C (response_fields) copies it once, as it is
+_RESPONSE_ACTIONS = MappingProxyType({
+    **dict.fromkeys(HOP_BY_HOP, _HOP), b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN})
 # _render_head's field loop in C (proxy/_hotpath.c), or None: the loop runs in Python
 _response_fields = attach("proxy._hotpath", lambda c: c.setup_fields(
     _RESPONSE_ACTIONS, HOP_BY_HOP, (_HOP, _CL, _TE, _CONN)))

@@ -462,3 +462,27 @@ def test_limits_are_read_again_unless_they_are_a_frozen_limits() -> None:
     mutable.max_headers = 2
     down.data_received(head)   # three fields: one over
     assert b"431" in b"".join(d for d in down.transport.log if isinstance(d, bytes))  # type: ignore[union-attr]
+
+
+def test_a_patched_getattribute_turns_the_c_off() -> None:
+    # The C makes llhttp's callbacks itself only while Downstream finds them
+    # the generic way; with a __getattribute__ on the class, httptools' getattr
+    # (and so the patch) sees every callback.
+    seen: list[bytes] = []
+    real_url = Downstream.__dict__["on_url"]
+
+    def getattribute(self: Downstream, name: str) -> Any:
+        if name == "on_url":
+            def on_url(url: bytes) -> Any:
+                seen.append(url)
+                return real_url.__get__(self)(url)
+            return on_url
+        return object.__getattribute__(self, name)
+
+    Downstream.__getattribute__ = getattribute  # type: ignore[method-assign]
+    try:
+        down = make_down(make_node({}, answer=True), False, None)
+        down.data_received(MINIMAL)
+    finally:
+        del Downstream.__getattribute__
+    assert seen == [b"/tiny"]

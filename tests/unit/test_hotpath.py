@@ -341,3 +341,11 @@ def test_the_c_field_table_refuses_names_it_cannot_hold() -> None:
     fields = _hotpath.setup_fields(_RESPONSE_ACTIONS, HOP_BY_HOP, acts)   # the real table again
     assert fields([(b"KEEP-ALIVE", b"1"), (b"Content-length", b"3"), (b"Connection", b"Keep-Alive, TE")]) == \
         (b"Content-length: 3\r\n", True, False)
+
+
+def test_the_response_actions_are_read_only() -> None:
+    # response_fields copies them once at setup: a table that cannot change
+    # is the same table for the C and for _render_head's Python loop.
+    from proxy.exchange import _HOP, _RESPONSE_ACTIONS
+    with pytest.raises(TypeError):
+        _RESPONSE_ACTIONS[b"x-internal"] = _HOP  # type: ignore[index]

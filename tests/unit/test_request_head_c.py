@@ -675,3 +675,27 @@ def test_a_replaced_request_done_is_called_even_where_the_c_skips_it(monkeypatch
         ex = down.node.dispatched[-1]  # type: ignore[attr-defined]
         assert ex.body_complete and ex.timer > 0
         assert seen == (["GET", "GET"] if replaced else [])
+
+
+def test_activate_is_called_as_python_calls_it() -> None:
+    # on_headers_complete in C calls self._activate(ex, parsing=True) with the
+    # keyword, as the Python method does: an _activate taking it only by
+    # keyword works on both paths.
+    def run(reference: bool) -> object:
+        real = Downstream.__dict__["_activate"]
+        seen: list[bool] = []
+
+        def activate(self: Downstream, ex: Exchange, *, parsing: bool = False) -> None:
+            seen.append(parsing)
+            real(self, ex, parsing=parsing)
+
+        Downstream._activate = activate  # type: ignore[method-assign]
+        try:
+            with python_reference() if reference else contextlib.nullcontext():
+                down = make_down(make_node({}, False), False, None)
+                down.parser.feed_data(b"GET /a HTTP/1.1\r\nHost: h.test\r\n\r\n")  # type: ignore[union-attr]
+        finally:
+            Downstream._activate = real  # type: ignore[method-assign]
+        return seen
+
+    assert run(True) == run(False) == [True]

@@ -262,3 +262,35 @@ def test_no_reference_is_leaked() -> None:
     gc.collect()
     assert sys.getallocatedblocks() - blocks < 1000   # (a leak: one or more a response)
 
+
+
+def test_a_patched_getattribute_is_honoured_as_httptools_honours_it() -> None:
+    # feed_fast calls its own C callbacks directly only while Exchange finds
+    # them the generic way; a __getattribute__ given to the class is used, as
+    # httptools' getattr uses it.
+    seen: dict[bool, list[bytes]] = {True: [], False: []}
+    real_status = Exchange.__dict__["on_status"]
+    fast_now = [True]
+
+    def getattribute(self: Exchange, name: str) -> Any:
+        if name == "on_status":
+            def on_status(reason: bytes) -> Any:
+                seen[fast_now[0]].append(reason)
+                return real_status.__get__(self)(reason)
+            return on_status
+        return object.__getattribute__(self, name)
+
+    Exchange.__getattribute__ = getattribute  # type: ignore[method-assign]
+    try:
+        for fast in (True, False):
+            fast_now[0] = fast
+            ex = _exchange()
+            if fast:
+                ex.resp_parser = UNFED
+                assert _response.feed_fast(ex, NGINX) is True
+            else:
+                ex.resp_parser = httptools.HttpResponseParser(ex)
+                ex.resp_parser.feed_data(NGINX)  # type: ignore[union-attr]
+    finally:
+        del Exchange.__getattribute__
+    assert seen[True] == seen[False] == [b"OK"]
