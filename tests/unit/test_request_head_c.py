@@ -699,3 +699,22 @@ def test_activate_is_called_as_python_calls_it() -> None:
         return seen
 
     assert run(True) == run(False) == [True]
+
+
+def test_a_body_appended_during_dispatch_is_not_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # _activate replays what waited for the exchange in the pipeline queue, and
+    # only that: a body chunk held back during dispatch (still connecting) is
+    # the exchange's to send, not the replay's.
+    node = make_node({}, answer=False)
+    replayed: list[bytes] = []
+    monkeypatch.setattr(Exchange, "request_body", lambda self, chunk: replayed.append(chunk))
+    inner = node.dispatch
+
+    def dispatch(down: Downstream, ex: Exchange) -> None:
+        inner(down, ex)
+        ex.pending_body.append(b"held while connecting")
+
+    node.dispatch = dispatch  # type: ignore[method-assign]
+    down = make_down(node, False, None)
+    down.data_received(b"GET /a HTTP/1.1\r\nHost: h.test\r\n\r\n")
+    assert replayed == [] and node.dispatched[0].pending_body == [b"held while connecting"]  # type: ignore[attr-defined]
