@@ -1022,6 +1022,11 @@ static struct {
     PyObject *value[MAX_TEMPLATE];
     Py_ssize_t down_node;            /* offset of Downstream.node */
     PyObject *s_snapshot, *s_config, *s_limits;
+    /* The last snapshot.Snapshot seen and its config.limits: both frozen, so
+     * one look-up chain per snapshot, not per request (a Snapshot stand-in of
+     * another type is read every time). */
+    PyTypeObject *snap_type;         /* snapshot.Snapshot, or NULL: no caching */
+    PyObject *last_snap, *last_limits;   /* owned */
 } X;
 
 
@@ -1038,17 +1043,29 @@ new_exchange(PyObject *self, PyObject *down)
         return NULL;
     }
     /* down.node.snapshot.config.limits, as __init__ reads it */
-    PyObject *snap = PyObject_GetAttr(node, X.s_snapshot);
+    PyObject *snap = PyObject_GetAttr(node, X.s_snapshot), *limits;
     if (snap == NULL)
         return NULL;
-    PyObject *config = PyObject_GetAttr(snap, X.s_config);
+    if (snap == X.last_snap) {
+        limits = Py_NewRef(X.last_limits);
+    } else {
+        PyObject *config = PyObject_GetAttr(snap, X.s_config);
+        if (config == NULL) {
+            Py_DECREF(snap);
+            return NULL;
+        }
+        limits = PyObject_GetAttr(config, X.s_limits);
+        Py_DECREF(config);
+        if (limits == NULL) {
+            Py_DECREF(snap);
+            return NULL;
+        }
+        if (X.snap_type != NULL && Py_TYPE(snap) == X.snap_type) {
+            Py_XSETREF(X.last_snap, Py_NewRef(snap));
+            Py_XSETREF(X.last_limits, Py_NewRef(limits));
+        }
+    }
     Py_DECREF(snap);
-    if (config == NULL)
-        return NULL;
-    PyObject *limits = PyObject_GetAttr(config, X.s_limits);
-    Py_DECREF(config);
-    if (limits == NULL)
-        return NULL;
     PyTypeObject *t = X.ex_type;
     PyObject *ex = t->tp_alloc(t, 0);
     if (ex == NULL) {
@@ -1087,14 +1104,17 @@ static PyMethodDef new_exchange_def = {
 static PyObject *
 setup_exchange(PyObject *self, PyObject *args)
 {
-    PyObject *tpl, *down, *node, *limits;
-    if (!PyArg_ParseTuple(args, "OOOO:setup_exchange", &tpl, &down, &node, &limits))
+    PyObject *tpl, *down, *node, *limits, *snap_type = NULL;
+    if (!PyArg_ParseTuple(args, "OOOO|O!:setup_exchange", &tpl, &down, &node, &limits, &PyType_Type, &snap_type))
         return NULL;
     if (!H.ready || Py_TYPE(tpl) != H.ex_type) {
         PyErr_SetString(PyExc_RuntimeError, "setup_exchange: call setup() first; template must be an Exchange");
         return NULL;
     }
     X.ready = 0;
+    Py_XINCREF(snap_type); Py_XSETREF(X.snap_type, (PyTypeObject *)snap_type);
+    Py_CLEAR(X.last_snap);
+    Py_CLEAR(X.last_limits);
     if (slot_offset(H.down_type, "node", &X.down_node) < 0)
         return NULL;
     PyObject *slots = PyObject_GetAttrString((PyObject *)H.ex_type, "__slots__");
@@ -1171,7 +1191,8 @@ static PyMethodDef methods[] = {
     {"setup_fields", setup_fields, METH_VARARGS,
      "setup_fields(actions, hop_by_hop, (HOP, CL, TE, CONN)): the C response_fields."},
     {"setup_exchange", setup_exchange, METH_VARARGS,
-     "setup_exchange(template, down, node, limits): new_exchange, Exchange(down) from a template."},
+     "setup_exchange(template, down, node, limits[, Snapshot]): new_exchange, Exchange(down) from a "
+     "template (with Snapshot, whose frozen limits it keeps per snapshot)."},
     {NULL, NULL, 0, NULL},
 };
 

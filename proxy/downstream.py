@@ -769,7 +769,8 @@ def _setup_c(hotpath: Any) -> tuple[Any, Any, Any]:
     limits = object()
     down.node = types.SimpleNamespace(  # type: ignore[assignment]
         snapshot=types.SimpleNamespace(config=types.SimpleNamespace(limits=limits)))
-    new_exchange = hotpath.setup_exchange(Exchange(down), down, down.node, limits)
+    from .snapshot import Snapshot   # frozen, as its config: the C reads a snapshot's limits once
+    new_exchange = hotpath.setup_exchange(Exchange(down), down, down.node, limits, Snapshot)
     return on_header, on_response_header, new_exchange
 
 

@@ -274,8 +274,9 @@ def test_a_template_with_a_mutable_constant_is_refused() -> None:
             _hotpath.setup_exchange(tpl, down, down.node, limits)
         with pytest.raises(TypeError, match="not set up"):
             downstream_mod._new_exchange(down)   # a failed setup leaves no half template
-    finally:   # set up again (the C state is global) for the tests that follow
-        _hotpath.setup_exchange(Exchange(down), down, down.node, limits)
+    finally:   # set up again (the C state is global) for the tests that follow, as downstream.py does
+        from proxy.snapshot import Snapshot
+        _hotpath.setup_exchange(Exchange(down), down, down.node, limits, Snapshot)
     assert downstream_mod._new_exchange(down).tried == set()
 
 
@@ -349,3 +350,25 @@ def test_the_response_actions_are_read_only() -> None:
     from proxy.exchange import _HOP, _RESPONSE_ACTIONS
     with pytest.raises(TypeError):
         _RESPONSE_ACTIONS[b"x-internal"] = _HOP  # type: ignore[index]
+
+
+def test_an_exchange_gets_its_snapshot_s_limits_however_they_are_held() -> None:
+    """new_exchange keeps the last Snapshot's limits (frozen, both); a
+    snapshot of another kind, which could change, is read every time."""
+    if PURE:
+        pytest.skip("NOVAEDGE_PURE_PYTHON=1")
+    from proxy import downstream as downstream_mod
+    from proxy.config import parse_config
+    from proxy.snapshot import compile_snapshot
+    down = _down(100, 32768)
+    stand_in = down.node.snapshot
+    first = stand_in.config.limits
+    assert downstream_mod._new_exchange(down).limits is first
+    stand_in.config.limits = other = types.SimpleNamespace(max_headers=1, max_header_bytes=10)
+    assert downstream_mod._new_exchange(down).limits is other   # the same stand-in, changed
+    for n in (10, 20, 10):
+        snap = compile_snapshot(parse_config({"limits": {"max_headers": n}}))
+        down.node.snapshot = snap
+        for _ in range(2):
+            ex = downstream_mod._new_exchange(down)
+            assert ex.limits is snap.config.limits and ex.limits.max_headers == n
