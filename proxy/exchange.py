@@ -56,7 +56,7 @@ class Exchange:
         "body_forwarded", "up", "backend", "pool", "tried", "timer",
         "resp_parser", "resp_status", "resp_reason", "resp_headers", "resp_head_sent",
         "resp_out_chunked", "resp_close_after", "resp_complete", "resp_no_body",
-        "resp_upgrade_at", "resp_raw_left", "want_upgrade", "tunnel_held", "max_body",
+        "resp_upgrade_at", "resp_raw_left", "want_upgrade", "max_body",
         "declared_len", "attempt_start", "reused", "last_failure", "resp_close_delimited",
         "last_read", "resp_keep_alive", "out", "head_unflushed", "pending_len",
         "resp_head_bytes", "resp_raw_head", "accounted",
@@ -120,7 +120,6 @@ class Exchange:
         self.resp_upgrade_at = -1
         self.resp_raw_left = b""
         self.want_upgrade = False
-        self.tunnel_held: list[bytes] = []
         self.max_body = 0
         self.declared_len = -1
         self.attempt_start = 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from geodb import UNKNOWN, GeoDB, GeoRecord, continent_of
 from geodb import watch as geodb_watch
@@ -74,7 +75,10 @@ class GeoPhase:
         rec = db.lookup(ip) if db is not None else UNKNOWN
         return self.unknown if rec is UNKNOWN else rec
 
-    def forward_headers(self, geo: GeoRecord | None) -> list[tuple[bytes, bytes]]:
+    def forward_headers(self, node: object, ctx: Any) -> list[tuple[bytes, bytes]]:
+        """NodeHooks.forward_headers for the request's GeoIP record (FeatureHooks
+        binds it as its own: one call a request, not two)."""
+        geo = ctx.geo
         if geo is None or geo is UNKNOWN:
             return self.static   # no GeoIP answer: only the edge's own region
         if geo is self._fwd_geo:
