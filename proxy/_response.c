@@ -66,6 +66,7 @@ static struct {
     PyObject *clear_timer;     /* Exchange._clear_timer */
     PyObject *zero, *zero_float;
     PyObject *desc[N_PY];      /* the method descriptors setup() made, as Exchange holds them */
+    PyObject *on_header;       /* Exchange's on_header when it is a C fast-call method (owned), or NULL */
     unsigned int tag;          /* Exchange's version tag when they were last found there; 0 none */
 } S;
 
@@ -589,6 +590,7 @@ setup(PyObject *self, PyObject *args)
         Py_XSETREF(S.desc[i], Py_NewRef(PyTuple_GET_ITEM(methods, i)));
     }
     S.tag = 0;
+    Py_CLEAR(S.on_header);
     S.ready = 1;
     return methods;
 }
@@ -628,7 +630,7 @@ setup_down(PyObject *self, PyObject *args)
  * on_status, on_header per field, on_headers_complete, on_body unless the
  * body is empty, on_message_complete); while Exchange holds this module's
  * own callbacks, those five are called as C functions, not looked up
- * (ex_unchanged). Field lines already seen keep their
+ * (ex_unchanged), and so is on_header while it is a C method of Exchange's. Field lines already seen keep their
  * bytes objects in a cache (_heads.h). While the callbacks run,
  * ex.resp_parser is a stand-in (Parsed) that answers get_status_code() and
  * should_keep_alive() as llhttp's parser would at headers-complete; UNFED
@@ -838,9 +840,29 @@ ex_unchanged(void)
             return 0;
         }
     }
+    /* on_header (_hotpath.c's, as downstream.py sets it up): called through its C
+     * function while it is a fast-call method of Exchange's own */
+    PyObject *h = PyDict_GetItemWithError(t->tp_dict, s_on_header);   /* borrowed */
+    if (h == NULL && PyErr_Occurred())
+        PyErr_Clear();
+    int fast = h != NULL && Py_IS_TYPE(h, &PyMethodDescr_Type) && ((PyMethodDescrObject *)h)->d_common.d_type == t
+        && (((PyMethodDescrObject *)h)->d_method->ml_flags & ~METH_COEXIST) == METH_FASTCALL;
+    Py_XSETREF(S.on_header, fast ? Py_NewRef(h) : NULL);
     (void)_PyType_Lookup(t, *callback_names[0]);   /* gives the type a version tag again */
     S.tag = tag_valid(t) ? t->tp_version_tag : 0;
     return 1;
+}
+
+/* ex.on_header(name, value): its C function while ex_unchanged() found one, else the method */
+static PyObject *
+call_on_header(PyObject *ex, PyObject *name, PyObject *value)
+{
+    PyObject *a[3] = {ex, name, value};
+    if (ex_unchanged() && S.on_header != NULL) {
+        _PyCFunctionFast fn = (_PyCFunctionFast)(void (*)(void))((PyMethodDescrObject *)S.on_header)->d_method->ml_meth;
+        return fn(ex, a + 1, 2);
+    }
+    return PyObject_VectorcallMethod(s_on_header, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
 /* ex.<callback i>(arg): the C function while Exchange's is setup's, else the method */
@@ -873,8 +895,7 @@ fast_callbacks(PyObject *ex, const char *d, Py_ssize_t reason_len, const Obj *o,
         return -1;
     Py_DECREF(r);
     for (int k = 0; k < nf; k++) {
-        PyObject *a[3] = {ex, o[k].name, o[k].value};
-        if ((r = PyObject_VectorcallMethod(s_on_header, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)) == NULL)
+        if ((r = call_on_header(ex, o[k].name, o[k].value)) == NULL)
             return -1;
         Py_DECREF(r);
     }
