@@ -254,4 +254,56 @@ handled_restore(PyObject *before, PyObject *value)
     Py_DECREF(value);
 }
 
+
+/* -- "does this class still hold these methods?" --------------------------------------
+ * A fast path that calls a class's methods as C functions must still see a
+ * class whose methods are the ones it knows. A type's version tag changes
+ * with any assignment to the class (or a base), so a remembered tag answers
+ * in one comparison until then; after it, type_holds() looks at the class's
+ * dict itself, and type_tag() gives the type a tag again to remember. */
+
+static inline int
+tag_valid(PyTypeObject *t)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return t->tp_version_tag != 0;   /* (3.13 no longer sets the flag) */
+#else
+    return (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) != 0;
+#endif
+}
+
+/* the class is as it was when `tag` was taken (0: never) */
+static inline int
+tag_current(PyTypeObject *t, unsigned int tag)
+{
+    return tag != 0 && t->tp_version_tag == tag && tag_valid(t);
+}
+
+/* t's own dict holds expected[i] under names[i], each, and t finds attributes
+ * the generic way (a __getattribute__ or __getattr__ given to the class would
+ * find others: callers look up as Python does then); 1 yes, 0 no */
+static inline int
+type_holds(PyTypeObject *t, PyObject *const *names, PyObject *const *expected, int n)
+{
+    if (t->tp_getattro != PyObject_GenericGetAttr)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        PyObject *v = PyDict_GetItemWithError(t->tp_dict, names[i]);   /* borrowed */
+        if (v != expected[i]) {
+            if (v == NULL)
+                PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* a version tag for t now, to remember (0 when it cannot have one) */
+static inline unsigned int
+type_tag(PyTypeObject *t, PyObject *any_name)
+{
+    (void)_PyType_Lookup(t, any_name);   /* gives the type a version tag again */
+    return tag_valid(t) ? t->tp_version_tag : 0;
+}
+
 #endif

@@ -694,35 +694,14 @@ static unsigned long long fast_heads;   /* heads taken here, for the tests */
  * bypassed here the same objects? */
 
 static int
-tag_valid(PyTypeObject *t)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return t->tp_version_tag != 0;   /* (3.13 no longer sets the flag) */
-#else
-    return (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) != 0;
-#endif
-}
-
-static int
 down_unchanged(void)
 {
     PyTypeObject *t = S.down_type;
-    if (F.tag != 0 && t->tp_version_tag == F.tag && tag_valid(t))
+    if (tag_current(t, F.tag))
         return 1;
-    /* modified since (or never tagged): look at the methods themselves, found the
-     * generic way (a __getattribute__ given to the class would find others) */
-    if (t->tp_getattro != PyObject_GenericGetAttr)
+    if (!type_holds(t, F.m_name, F.method, N_M))   /* modified since (or never tagged) */
         return 0;
-    for (int i = 0; i < N_M; i++) {
-        PyObject *v = PyDict_GetItemWithError(t->tp_dict, F.m_name[i]);   /* borrowed */
-        if (v != F.method[i]) {
-            if (v == NULL)
-                PyErr_Clear();
-            return 0;
-        }
-    }
-    (void)_PyType_Lookup(t, F.m_name[0]);   /* gives the type a version tag again */
-    F.tag = tag_valid(t) ? t->tp_version_tag : 0;
+    F.tag = type_tag(t, F.m_name[0]);
     return 1;
 }
 

@@ -806,16 +806,6 @@ recognise(const char *d, Py_ssize_t n, long *status, Py_ssize_t *reason_len, Obj
     return 1;
 }
 
-static int
-tag_valid(PyTypeObject *t)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return t->tp_version_tag != 0;   /* (3.13 no longer sets the flag) */
-#else
-    return (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) != 0;
-#endif
-}
-
 /* Exchange still holds this module's five callbacks (setup's descriptors):
  * then feed_fast calls the C functions themselves, not through a method
  * look-up (~0.2 us a response). feed_fast takes only an exact Exchange, so
@@ -826,20 +816,13 @@ static int
 ex_unchanged(void)
 {
     PyTypeObject *t = S.ex_type;
-    if (S.tag != 0 && t->tp_version_tag == S.tag && tag_valid(t))
+    if (tag_current(t, S.tag))
         return 1;
-    /* (a __getattribute__ or __getattr__ given to the class changes how httptools' getattr
-     * finds them, and changes the tag: then the methods are looked up) */
-    if (t->tp_getattro != PyObject_GenericGetAttr)
+    PyObject *names[N_PY];
+    for (int i = 0; i < N_PY; i++)
+        names[i] = *callback_names[i];
+    if (!type_holds(t, names, S.desc, N_PY))
         return 0;
-    for (int i = 0; i < N_PY; i++) {
-        PyObject *v = PyDict_GetItemWithError(t->tp_dict, *callback_names[i]);   /* borrowed */
-        if (v != S.desc[i]) {
-            if (v == NULL)
-                PyErr_Clear();
-            return 0;
-        }
-    }
     /* on_header (_hotpath.c's, as downstream.py sets it up): called through its C
      * function while it is a fast-call method of Exchange's own */
     PyObject *h = PyDict_GetItemWithError(t->tp_dict, s_on_header);   /* borrowed */
@@ -848,8 +831,7 @@ ex_unchanged(void)
     int fast = h != NULL && Py_IS_TYPE(h, &PyMethodDescr_Type) && ((PyMethodDescrObject *)h)->d_common.d_type == t
         && (((PyMethodDescrObject *)h)->d_method->ml_flags & ~METH_COEXIST) == METH_FASTCALL;
     Py_XSETREF(S.on_header, fast ? Py_NewRef(h) : NULL);
-    (void)_PyType_Lookup(t, *callback_names[0]);   /* gives the type a version tag again */
-    S.tag = tag_valid(t) ? t->tp_version_tag : 0;
+    S.tag = type_tag(t, names[0]);
     return 1;
 }
 

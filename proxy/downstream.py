@@ -485,6 +485,11 @@ class Downstream(asyncio.Protocol):
             now = self.node.now()
         if ctx is not None:
             self.node.finish(ctx, now)
+        self._response_over(ex, close, aborted, now)
+
+    def _response_over(self, ex: Exchange, close: bool, aborted: bool, now: float) -> None:
+        """What follows a finished response on this connection: response_finished's
+        second half, after the node's finish (Exchange._done_plain calls it too)."""
         if self.current is not ex:
             return
         self.current = None

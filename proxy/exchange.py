@@ -476,7 +476,7 @@ class Exchange:
         if backend is not None and not self.accounted:
             self.accounted = True
             node.selector.on_done(backend, now - self.attempt_start, "5xx" if self.resp_status >= 500 else "ok", now)
-        # down.response_finished(self, close=False, now=now)
+        # down.response_finished(self, close=False, now=now): its first half here
         self.resp_parser = None
         ctx.end = now   # node.finish(ctx, now)
         stats = node.stats
@@ -486,23 +486,7 @@ class Exchange:
         f = node._finished
         if f is not None:
             f(ctx)
-        if down.current is not self:
-            return True
-        down.current = None
-        if down.paused:
-            down.resume_reading("upstream-full")
-            down.resume_reading("connecting")
-        t = down.transport
-        if t is None or down.closed:
-            return True
-        if not self.keep_alive or down.closing or node.draining:
-            down._close()
-            return True
-        down.last_active = now
-        if down.advancing:
-            return True
-        if down.queue or down.paused or down.upgraded or down.deferred is not None or down.client_eof:
-            down._advance()
+        down._response_over(self, False, False, now)
         return True
 
     def _flush(self) -> None:
