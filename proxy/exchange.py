@@ -389,19 +389,40 @@ class Exchange:
         # What one read produces is written once, after llhttp accepted all of it:
         # one write instead of head + each chunk, and a response malformed within
         # its first read (the usual case) can still be answered with a clean 502.
+        if _feed_fast is not None and parser is UNFED:
+            # one whole plain response: its callbacks made in C (_response.c)
+            try:
+                fed = _feed_fast(self, data)
+            except httptools.HttpParserError as e:
+                self._parse_failed(e, data)
+                return
+            if fed:
+                self._read_over(data, now)
+                return
+        self._feed_llhttp(data, now)
+
+    # upstream_data's three seams, where _response.c's UpstreamConnection.data_received
+    # hands over what it does not do itself
+    def _feed_llhttp(self, data: bytes, now: float) -> None:
+        """The read, through llhttp (feed_fast did not take it)."""
+        parser = self.resp_parser
         try:
-            # one whole plain response: its callbacks made in C (_response.c), else llhttp
-            if _feed_fast is None or not _feed_fast(self, data):
-                if parser is UNFED:
-                    parser = self.resp_parser = httptools.HttpResponseParser(self)
-                parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
+            if parser is UNFED:
+                parser = self.resp_parser = httptools.HttpResponseParser(self)
+            parser.feed_data(data)  # type: ignore[union-attr]
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError) as e:
+            self._parse_failed(e, data)
+            return
+        self._read_over(data, now)
+
+    def _parse_failed(self, e: Exception, data: bytes) -> None:
+        """The parse of `data` stopped with `e` (called while handling it)."""
+        if isinstance(e, httptools.HttpParserUpgrade):
             self._flush()
             self.resp_upgrade_at = int(e.args[0]) if e.args else len(data)
             self.resp_raw_left = data[self.resp_upgrade_at:]
             self._start_tunnel()
-            return
-        except httptools.HttpParserCallbackError as e:
+        elif isinstance(e, httptools.HttpParserCallbackError):
             if self.resp_complete and isinstance(e.__context__, _ExtraResponse):
                 # Bytes after the complete response: ours is fine, the
                 # connection is not (never parse a second response into the client).
@@ -412,10 +433,11 @@ class Exchange:
                     self._response_done()
                 return
             self._bad_response(str(e.__context__ or e))
-            return
-        except httptools.HttpParserError as e:
+        else:
             self._bad_response(str(e))
-            return
+
+    def _read_over(self, data: bytes, now: float) -> None:
+        """What follows a read that parsed cleanly."""
         if self.resp_complete and self._done_plain(now):
             return
         self._flush()
