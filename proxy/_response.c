@@ -64,7 +64,8 @@ static struct {
     PyObject *fields;          /* proxy._hotpath.response_fields */
     PyObject *render_head;     /* Exchange._render_head */
     PyObject *clear_timer;     /* Exchange._clear_timer */
-    PyObject *zero, *zero_float;
+    PyObject *zero, *zero_float, *i500, *empty_bytes;
+    PyObject *responding_obj, *done_obj;   /* Exchange.state's RESPONDING and DONE (setup_read) */
     PyObject *desc[N_PY];      /* the method descriptors setup() made, as Exchange holds them */
     PyObject *on_header;       /* Exchange's on_header when it is a C fast-call method (owned), or NULL */
     unsigned int tag;          /* Exchange's version tag when they were last found there; 0 none */
@@ -900,6 +901,8 @@ fast_callbacks(PyObject *ex, const char *d, Py_ssize_t reason_len, const Obj *o,
 }
 
 /* feed_fast(ex, data) -> True (the callbacks made) or False (nothing done) */
+static PyObject *feed(PyObject *ex, PyObject *data);
+
 static PyObject *
 feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -907,7 +910,12 @@ feed_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "feed_fast(ex, data)");
         return NULL;
     }
-    PyObject *ex = args[0], *data = args[1];
+    return feed(args[0], args[1]);
+}
+
+static PyObject *
+feed(PyObject *ex, PyObject *data)
+{
     if (!S.ready || !R.ready || Py_TYPE(ex) != S.ex_type || !PyBytes_CheckExact(data))
         Py_RETURN_FALSE;
     PyObject *parser = EX(ex, E_RESP_PARSER), *ctx = EX(ex, E_CTX), *method;
@@ -1016,6 +1024,534 @@ done:
     return result;
 }
 
+/* -- UpstreamConnection.data_received: a read from a backend --------------------
+ * What UpstreamConnection.data_received, Exchange.upstream_data and, for a
+ * response that ends in this read on a connection both sides keep,
+ * Exchange._read_over, _done_plain, Downstream.write and _response_over do
+ * (~340 bytecodes and five Python frames a response), in C on the slots:
+ *   data_received: an exact UpstreamConnection with an exact Exchange, else
+ *     its Python method (kept as UpstreamConnection._data_received_py);
+ *   upstream_data: its preamble as Python has it, then feed_fast for a
+ *     response's first read (while exchange._feed_fast is this module's),
+ *     and the three seams Python has: _feed_llhttp (what feed_fast does not
+ *     take), _parse_failed (called while handling the exception, as in the
+ *     except clause) and _read_over, whose plain end (done_plain, below) is
+ *     done here; anything else calls the Python method (upstream_data,
+ *     _read_over) before changing anything;
+ *   while Exchange's upstream_data, _read_over and _done_plain and
+ *     Downstream's write and _response_over are the functions set up with
+ *     (setup_read), else their Python methods run.
+ * tests/unit/test_done_plain.py carries the same requests through this, the
+ * Python _done_plain and the general path, and compares what each leaves. */
+
+enum { X_STATE, X_UP, X_POOL, X_BACKEND, X_ACCOUNTED, X_ATTEMPT_START, N_X };
+static const char *x_names[N_X] = {"state", "up", "pool", "backend", "accounted", "attempt_start"};
+enum { U_EXCHANGE, U_TRANSPORT, U_CLOSED, U_EOF, U_PAUSED_BY_CLIENT, U_IDLE_SINCE, N_U };
+static const char *u_names[N_U] = {"exchange", "transport", "closed", "eof", "paused_by_client", "idle_since"};
+enum { B_IDLE, B_BUSY, B_MAX_IDLE, N_B };
+static const char *b_names[N_B] = {"idle", "busy", "max_idle"};
+enum { W_TRANSPORT, W_CLOSED, W_EOF_SENT, W_CURRENT, W_PAUSED, W_CLOSING, W_NODE, W_ADVANCING, W_QUEUE,
+       W_UPGRADED, W_DEFERRED, W_CLIENT_EOF, W_LAST_ACTIVE, N_W };
+static const char *w_names[N_W] = {"transport", "closed", "eof_sent", "current", "paused", "closing", "node",
+                                   "advancing", "queue", "upgraded", "deferred", "client_eof", "last_active"};
+/* the methods stood for: Exchange's, then Downstream's */
+enum { M_UPSTREAM_DATA, M_READ_OVER, M_DONE_PLAIN, N_MX };
+enum { M_WRITE, M_RESPONSE_OVER, N_MD };
+
+static struct {
+    int ready;
+    PyTypeObject *up_type, *pool_type, *down_type, *deque_type;
+    Py_ssize_t x[N_X], u[N_U], b[N_B], w[N_W], c_end;
+    long sent, responding, tunnel, done;   /* Exchange.state's values */
+    PyObject *py_data_received;   /* UpstreamConnection._data_received_py */
+    PyObject *parser_error;       /* httptools.HttpParserError */
+    PyObject *feed_fast;          /* this module's feed_fast, as exchange._feed_fast holds it */
+    PyObject *ex_fns[N_MX], *down_fns[N_MD];
+    unsigned int ex_tag, down_tag;
+    unsigned long long ended;     /* responses done_plain ended (for the tests) */
+} U;
+
+static PyObject *s_upstream_data, *s_read_over, *s_done_plain, *s_write, *s_response_over, *s_feed_llhttp,
+    *s_parse_failed, *s_feed_fast, *s_now, *s_is_closing, *s_resume_reading, *s_selector, *s_on_done, *s_stats,
+    *s_requests, *s_errors, *s_finished, *s_close, *s_advance, *s_upstream_full, *s_connecting, *u_5xx, *u_ok,
+    *i_one;
+
+#define XS(ex, i) SLOT(ex, U.x[i])
+
+/* Exchange and Downstream still hold the methods this stands for */
+static int
+read_unchanged(void)
+{
+    static PyObject **const xn[N_MX] = {&s_upstream_data, &s_read_over, &s_done_plain};
+    static PyObject **const dn[N_MD] = {&s_write, &s_response_over};
+    if (!tag_current(S.ex_type, U.ex_tag)) {
+        PyObject *names[N_MX];
+        for (int i = 0; i < N_MX; i++)
+            names[i] = *xn[i];
+        if (!type_holds(S.ex_type, names, U.ex_fns, N_MX))
+            return 0;
+        U.ex_tag = type_tag(S.ex_type, names[0]);
+    }
+    if (!tag_current(U.down_type, U.down_tag)) {
+        PyObject *names[N_MD];
+        for (int i = 0; i < N_MD; i++)
+            names[i] = *dn[i];
+        if (!type_holds(U.down_type, names, U.down_fns, N_MD))
+            return 0;
+        U.down_tag = type_tag(U.down_type, names[0]);
+    }
+    return 1;
+}
+
+/* an exact int's value, or `otherwise` */
+static long
+int_or(PyObject *o, long otherwise)
+{
+    if (o == NULL || !PyLong_CheckExact(o))
+        return otherwise;
+    int overflow;
+    long v = PyLong_AsLongAndOverflow(o, &overflow);
+    return overflow ? otherwise : v;
+}
+
+/* a slot's truth as Python's `if obj.name:` (-1: error, AttributeError if unset) */
+static int
+truth(PyObject *obj, Py_ssize_t off)
+{
+    PyObject *v = SLOT(obj, off);
+    if (v == Py_True)
+        return 1;
+    if (v == Py_False || v == Py_None)
+        return 0;
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%s' object: a slot read here is not set", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    Py_INCREF(v);
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* obj.name(args...): the result released; 0 or -1 */
+static int
+call_method(PyObject *obj, PyObject *name, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *a[5] = {obj};
+    for (Py_ssize_t i = 0; i < n; i++)
+        a[i + 1] = args[i];
+    PyObject *r = PyObject_VectorcallMethod(name, a, (n + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* slot name's value's method `method`(arg): obj.name.method(arg) */
+static int
+slot_call(PyObject *obj, Py_ssize_t off, PyObject *method, PyObject *arg)
+{
+    PyObject *v = SLOT(obj, off);
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%s' object: a slot read here is not set", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    Py_INCREF(v);
+    int r = PySet_CheckExact(v) && method == s_discard ? PySet_Discard(v, arg) : call_method(v, method, &arg, 1);
+    Py_DECREF(v);
+    return r < 0 ? -1 : 0;
+}
+
+/* mapping[key] += 1 */
+static int
+count(PyObject *mapping, PyObject *key)
+{
+    PyObject *v = PyObject_GetItem(mapping, key);
+    if (v == NULL)
+        return -1;
+    PyObject *v1 = PyNumber_InPlaceAdd(v, i_one);
+    Py_DECREF(v);
+    if (v1 == NULL)
+        return -1;
+    int r = PyObject_SetItem(mapping, key, v1);
+    Py_DECREF(v1);
+    return r;
+}
+
+/* getattr(obj, name) (owned), or NULL */
+#define ATTR(obj, name) PyObject_GetAttr(obj, name)
+
+/* Downstream._response_over(ex, False, False, now) */
+static int
+response_over(PyObject *down, PyObject *ex, PyObject *now)
+{
+    int t;
+    PyObject *current = SLOT(down, U.w[W_CURRENT]);
+    if (current != ex)
+        return current == NULL ? truth(down, U.w[W_CURRENT]) : 0;
+    slot_put(down, U.w[W_CURRENT], Py_None);
+    if ((t = truth(down, U.w[W_PAUSED])) != 0) {
+        /* Pauses that belonged to this exchange's upstream end with it. */
+        if (t < 0 || call_method(down, s_resume_reading, &s_upstream_full, 1) < 0
+            || call_method(down, s_resume_reading, &s_connecting, 1) < 0)
+            return -1;
+    }
+    PyObject *tr = SLOT(down, U.w[W_TRANSPORT]);
+    if (tr == NULL || tr == Py_None)
+        return tr == NULL ? truth(down, U.w[W_TRANSPORT]) : 0;   /* (the AttributeError) */
+    if ((t = truth(down, U.w[W_CLOSED])) != 0)
+        return t < 0 ? -1 : 0;
+    /* close or not ex.keep_alive or self.closing or self.node.draining */
+    int close = truth(ex, S.off[E_KEEP_ALIVE]);
+    if (close < 0)
+        return -1;
+    close = !close;
+    if (!close && (close = truth(down, U.w[W_CLOSING])) < 0)
+        return -1;
+    if (!close) {
+        PyObject *node = SLOT(down, U.w[W_NODE]);
+        if (node == NULL)
+            return truth(down, U.w[W_NODE]);
+        Py_INCREF(node);
+        PyObject *draining = ATTR(node, s_draining);
+        Py_DECREF(node);
+        if (draining == NULL)
+            return -1;
+        close = PyObject_IsTrue(draining);
+        Py_DECREF(draining);
+        if (close < 0)
+            return -1;
+    }
+    if (close)
+        return call_method(down, s_close, NULL, 0);
+    slot_put(down, U.w[W_LAST_ACTIVE], now);
+    if ((t = truth(down, U.w[W_ADVANCING])) != 0)
+        return t < 0 ? -1 : 0;   /* called from inside _advance: it goes on */
+    static const int more[] = {W_QUEUE, W_PAUSED, W_UPGRADED};
+    for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
+        if ((t = truth(down, U.w[more[i]])) != 0)
+            return t < 0 ? -1 : call_method(down, s_advance, NULL, 0);
+    PyObject *deferred = SLOT(down, U.w[W_DEFERRED]);
+    if (deferred == NULL)
+        return truth(down, U.w[W_DEFERRED]);
+    if (deferred != Py_None || (t = truth(down, U.w[W_CLIENT_EOF])) != 0)
+        return t < 0 ? -1 : call_method(down, s_advance, NULL, 0);
+    return 0;
+}
+
+/* Exchange._done_plain(now) with its calls inlined: 1 done, 0 not the plain
+ * case (nothing changed: Python decides), -1 an error. The checks, in
+ * Python's order, read only slots, then ut.is_closing() last. */
+static int
+done_plain(PyObject *ex, PyObject *now)
+{
+    PyObject *st = XS(ex, X_STATE), *up = XS(ex, X_UP), *pool = XS(ex, X_POOL), *ctx = EX(ex, E_CTX),
+        *down = EX(ex, E_DOWN), *node = EX(ex, E_NODE);
+    long state = int_or(st, U.done);
+    if (state == U.done || EX(ex, E_RESP_COMPLETE) != Py_True || EX(ex, E_RESP_OUT_CHUNKED) != Py_False
+        || EX(ex, E_RESP_CLOSE_AFTER) != Py_False || EX(ex, E_BODY_COMPLETE) != Py_True
+        || EX(ex, E_RESP_KEEP_ALIVE) != Py_True || EX(ex, E_RESP_CLOSE_DELIMITED) != Py_False)
+        return 0;
+    if (up == NULL || Py_TYPE(up) != U.up_type || pool == NULL || Py_TYPE(pool) != U.pool_type || ctx == NULL
+        || Py_TYPE(ctx) != S.ctx_type || down == NULL || Py_TYPE(down) != U.down_type || node == NULL)
+        return 0;
+    PyObject *ut = SLOT(up, U.u[U_TRANSPORT]), *idle = SLOT(pool, U.b[B_IDLE]);
+    if (SLOT(up, U.u[U_CLOSED]) != Py_False || SLOT(up, U.u[U_EOF]) != Py_False || ut == NULL || ut == Py_None
+        || idle == NULL || Py_TYPE(idle) != U.deque_type)
+        return 0;
+    long max_idle = int_or(SLOT(pool, U.b[B_MAX_IDLE]), -1);
+    Py_ssize_t n_idle = PyObject_Size(idle);
+    if (max_idle < 0 || n_idle < 0 || n_idle >= max_idle)
+        return n_idle < 0 ? -1 : 0;
+    PyObject *held[5] = {Py_NewRef(up), Py_NewRef(pool), Py_NewRef(ctx), Py_NewRef(down), Py_NewRef(node)};
+    int r = -1, t;
+    PyObject *closing = PyObject_CallMethodNoArgs(ut, s_is_closing);
+    if (closing == NULL)
+        goto done;
+    t = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    if (t != 0) {
+        r = t < 0 ? -1 : 0;
+        goto done;
+    }
+    /* _flush, with down.write inlined */
+    PyObject *out = EX(ex, E_OUT);
+    if ((t = truth(ex, S.off[E_OUT])) < 0)
+        goto done;
+    if (t) {
+        Py_INCREF(out);
+        Py_ssize_t n = PyObject_Size(out);
+        PyObject *data = n < 0 ? NULL : n == 1 ? PySequence_GetItem(out, 0) : _PyBytes_Join(S.empty_bytes, out);
+        Py_DECREF(out);
+        if (data == NULL)
+            goto done;
+        PyObject *dt = SLOT(down, U.w[W_TRANSPORT]);
+        if (dt != NULL && dt != Py_None && (t = truth(down, U.w[W_CLOSED])) == 0
+            && (t = truth(down, U.w[W_EOF_SENT])) == 0) {
+            Py_INCREF(dt);
+            t = call_method(dt, s_write, &data, 1);
+            Py_DECREF(dt);
+        } else if (dt == NULL)
+            t = truth(down, U.w[W_TRANSPORT]);
+        Py_DECREF(data);
+        if (t < 0)
+            goto done;
+        PyObject *fresh = PyList_New(0);
+        if (fresh == NULL)
+            goto done;
+        slot_set(ex, S.off[E_OUT], fresh);
+    }
+    slot_put(ex, S.off[E_HEAD_UNFLUSHED], Py_False);
+    /* _response_done */
+    slot_put(ex, U.x[X_STATE], S.done_obj);
+    if ((t = truth(ex, S.off[E_TIMER])) < 0)
+        goto done;
+    if (t) {
+        slot_put(ex, S.off[E_TIMER], S.zero_float);
+        PyObject *deadlines = ATTR(node, s_deadlines);
+        if (deadlines == NULL)
+            goto done;
+        t = PySet_CheckExact(deadlines) ? PySet_Discard(deadlines, ex) : call_method(deadlines, s_discard, &ex, 1);
+        Py_DECREF(deadlines);
+        if (t < 0)
+            goto done;
+    }
+    slot_put(ex, U.x[X_UP], Py_None);
+    /* pool.release(up, now, usable=True) */
+    if (slot_call(pool, U.b[B_BUSY], s_discard, up) < 0)
+        goto done;
+    slot_put(up, U.u[U_EXCHANGE], Py_None);
+    slot_put(up, U.u[U_IDLE_SINCE], now);
+    if ((t = truth(up, U.u[U_PAUSED_BY_CLIENT])) < 0 || (t && call_method(up, s_resume_reading, NULL, 0) < 0))
+        goto done;
+    if (slot_call(pool, U.b[B_IDLE], s_append, up) < 0)
+        goto done;
+    /* _finish_attempt */
+    PyObject *backend = XS(ex, X_BACKEND);
+    if (backend == NULL && truth(ex, U.x[X_BACKEND]) < 0)
+        goto done;
+    if (backend != Py_None) {
+        if ((t = truth(ex, U.x[X_ACCOUNTED])) < 0)
+            goto done;
+        if (!t) {
+            Py_INCREF(backend);
+            slot_put(ex, U.x[X_ACCOUNTED], Py_True);
+            PyObject *start = XS(ex, X_ATTEMPT_START), *status = EX(ex, E_RESP_STATUS), *a[4] = {backend};
+            PyObject *sel = ATTR(node, s_selector), *err = NULL;
+            if (sel != NULL && start != NULL && status != NULL) {
+                a[1] = PyNumber_Subtract(now, start);
+                err = PyObject_RichCompare(status, S.i500, Py_GE);
+            }
+            if (sel != NULL && a[1] != NULL && err != NULL && (t = PyObject_IsTrue(err)) >= 0) {
+                a[2] = t ? u_5xx : u_ok;
+                a[3] = now;
+                t = call_method(sel, s_on_done, a, 4);
+            } else {
+                if (sel != NULL && (start == NULL || status == NULL))
+                    truth(ex, start == NULL ? U.x[X_ATTEMPT_START] : S.off[E_RESP_STATUS]);   /* the AttributeError */
+                t = -1;
+            }
+            Py_XDECREF(sel);
+            Py_XDECREF(a[1]);
+            Py_XDECREF(err);
+            Py_DECREF(backend);
+            if (t < 0)
+                goto done;
+        }
+    }
+    /* down.response_finished's first half, and node.finish */
+    slot_put(ex, S.off[E_RESP_PARSER], Py_None);
+    slot_put(ctx, U.c_end, now);
+    PyObject *stats = ATTR(node, s_stats);
+    if (stats == NULL)
+        goto done;
+    t = count(stats, s_requests);
+    if (t == 0) {
+        PyObject *status = CTX(ctx, C_STATUS);
+        if (status == NULL)
+            t = truth(ctx, S.coff[C_STATUS]);
+        else {
+            Py_INCREF(status);
+            PyObject *c = PyObject_RichCompare(status, S.i500, Py_GE);
+            t = c == NULL ? -1 : PyObject_IsTrue(c);
+            Py_XDECREF(c);
+            Py_DECREF(status);
+            if (t == 0 && (status = CTX(ctx, C_STATUS)) != NULL) {
+                Py_INCREF(status);
+                c = PyObject_RichCompare(status, S.zero, Py_EQ);
+                t = c == NULL ? -1 : PyObject_IsTrue(c);
+                Py_XDECREF(c);
+                Py_DECREF(status);
+            }
+            if (t > 0)
+                t = count(stats, s_errors);
+        }
+    }
+    Py_DECREF(stats);
+    if (t < 0)
+        goto done;
+    PyObject *f = ATTR(node, s_finished);
+    if (f == NULL)
+        goto done;
+    if (f != Py_None) {
+        PyObject *res = PyObject_CallOneArg(f, ctx);
+        Py_DECREF(f);
+        if (res == NULL)
+            goto done;
+        Py_DECREF(res);
+    } else
+        Py_DECREF(f);
+    U.ended++;
+    r = response_over(down, ex, now) < 0 ? -1 : 1;
+done:
+    for (int i = 0; i < 5; i++)
+        Py_DECREF(held[i]);
+    return r;
+}
+
+/* UpstreamConnection.data_received(data) */
+static PyObject *
+up_data_received(PyObject *up, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *ex, *data = nargs == 1 ? args[0] : NULL;
+    if (!U.ready || !S.ready || data == NULL || Py_TYPE(up) != U.up_type || (ex = SLOT(up, U.u[U_EXCHANGE])) == NULL
+        || Py_TYPE(ex) != S.ex_type || !PyBytes_CheckExact(data) || !read_unchanged()) {
+        PyObject *a[4] = {up};
+        if (nargs > 3) {
+            PyErr_SetString(PyExc_TypeError, "data_received(data)");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < nargs; i++)
+            a[i + 1] = args[i];
+        return PyObject_Vectorcall(U.py_data_received, a, nargs + 1, NULL);
+    }
+    /* ex.upstream_data(data) */
+    PyObject *parser = EX(ex, E_RESP_PARSER), *node = EX(ex, E_NODE);
+    long state = int_or(XS(ex, X_STATE), U.tunnel);
+    if (state == U.tunnel || parser == NULL || parser == Py_None || EX(ex, E_RESP_COMPLETE) != Py_False
+        || node == NULL) {
+        PyObject *a[2] = {ex, data};
+        return PyObject_VectorcallMethod(s_upstream_data, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_INCREF(ex);
+    Py_INCREF(parser);
+    PyObject *result = NULL, *now = NULL;
+    if (state == U.sent)
+        slot_put(ex, U.x[X_STATE], S.responding_obj);
+    if ((now = PyObject_CallMethodNoArgs(node, s_now)) == NULL)
+        goto done;
+    slot_put(ex, S.off[E_LAST_READ], now);
+    PyObject *ff = PyDict_GetItemWithError(S.globals, s_feed_fast);   /* exchange._feed_fast */
+    if (ff == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_NameError, "name '_feed_fast' is not defined");
+        goto done;
+    }
+    if (ff != Py_None && parser == R.unfed) {
+        PyObject *fed = ff == U.feed_fast ? feed(ex, data) : PyObject_CallFunctionObjArgs(ff, ex, data, NULL);
+        if (fed == NULL) {
+            if (!PyErr_ExceptionMatches(U.parser_error))
+                goto done;
+            PyObject *before, *e = handle_raised(&before), *a[3] = {ex, e, data};
+            result = PyObject_VectorcallMethod(s_parse_failed, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            handled_restore(before, e);
+            goto done;
+        }
+        int t = PyObject_IsTrue(fed);
+        Py_DECREF(fed);
+        if (t < 0)
+            goto done;
+        if (t) {
+            /* _read_over(data, now): its plain end here */
+            if ((t = done_plain(ex, now)) < 0)
+                goto done;
+            if (t) {
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            PyObject *a[3] = {ex, data, now};
+            result = PyObject_VectorcallMethod(s_read_over, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            goto done;
+        }
+    }
+    PyObject *a[3] = {ex, data, now};
+    result = PyObject_VectorcallMethod(s_feed_llhttp, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+done:
+    Py_XDECREF(now);
+    Py_DECREF(parser);
+    Py_DECREF(ex);
+    return result;
+}
+
+static PyObject *
+ended_count(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(U.ended);
+}
+
+static PyMethodDef up_data_received_def = {"data_received", (PyCFunction)(void (*)(void))up_data_received,
+    METH_FASTCALL, "A read from the backend (see proxy/_response.c)."};
+
+/* setup_read(UpstreamConnection, BackendPool, Downstream, deque, HttpParserError, feed_fast,
+ *            (SENT, RESPONDING, TUNNEL, DONE), data_received_py, (upstream_data, _read_over,
+ *            _done_plain), (write, _response_over)) -> the C data_received, a method of
+ * UpstreamConnection (after setup and setup_fast) */
+static PyObject *
+setup_read(PyObject *self, PyObject *args)
+{
+    PyObject *up_type, *pool_type, *down_type, *deque_type, *error, *ff, *py, *xf, *df;
+    long st[4];
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OO(llll)OO!O!:setup_read", &PyType_Type, &up_type, &PyType_Type,
+                          &pool_type, &PyType_Type, &down_type, &PyType_Type, &deque_type, &error, &ff,
+                          &st[0], &st[1], &st[2], &st[3], &py, &PyTuple_Type, &xf, &PyTuple_Type, &df))
+        return NULL;
+    if (!S.ready || !R.ready || !PyExceptionClass_Check(error) || PyTuple_GET_SIZE(xf) != N_MX
+        || PyTuple_GET_SIZE(df) != N_MD) {
+        PyErr_SetString(PyExc_TypeError, "setup_read: call setup() and setup_fast() first; 3 and 2 methods");
+        return NULL;
+    }
+    Py_ssize_t x[N_X], u[N_U], b[N_B], w[N_W], c_end;
+    if (slot_offsets(S.ex_type, x_names, N_X, x) < 0 || slot_offsets((PyTypeObject *)up_type, u_names, N_U, u) < 0
+        || slot_offsets((PyTypeObject *)pool_type, b_names, N_B, b) < 0
+        || slot_offsets((PyTypeObject *)down_type, w_names, N_W, w) < 0 || slot_offset(S.ctx_type, "end", &c_end) < 0)
+        return NULL;
+    if (((PyTypeObject *)up_type)->tp_dictoffset != 0 || ((PyTypeObject *)pool_type)->tp_dictoffset != 0
+        || ((PyTypeObject *)down_type)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "setup_read: the classes must have no __dict__");
+        return NULL;
+    }
+    PyObject *method = PyDescr_NewMethod((PyTypeObject *)up_type, &up_data_received_def);
+    if (method == NULL)
+        return NULL;
+    U.ready = 0;
+    memcpy(U.x, x, sizeof(x));
+    memcpy(U.u, u, sizeof(u));
+    memcpy(U.b, b, sizeof(b));
+    memcpy(U.w, w, sizeof(w));
+    U.c_end = c_end;
+    U.sent = st[0], U.responding = st[1], U.tunnel = st[2], U.done = st[3];
+    Py_XSETREF(S.responding_obj, PyLong_FromLong(st[1]));
+    Py_XSETREF(S.done_obj, PyLong_FromLong(st[3]));
+    if (S.responding_obj == NULL || S.done_obj == NULL) {
+        Py_DECREF(method);
+        return NULL;
+    }
+    Py_INCREF(up_type); Py_XSETREF(U.up_type, (PyTypeObject *)up_type);
+    Py_INCREF(pool_type); Py_XSETREF(U.pool_type, (PyTypeObject *)pool_type);
+    Py_INCREF(down_type); Py_XSETREF(U.down_type, (PyTypeObject *)down_type);
+    Py_INCREF(deque_type); Py_XSETREF(U.deque_type, (PyTypeObject *)deque_type);
+    Py_INCREF(error); Py_XSETREF(U.parser_error, error);
+    Py_INCREF(ff); Py_XSETREF(U.feed_fast, ff);
+    Py_INCREF(py); Py_XSETREF(U.py_data_received, py);
+    for (int i = 0; i < N_MX; i++)
+        Py_XSETREF(U.ex_fns[i], Py_NewRef(PyTuple_GET_ITEM(xf, i)));
+    for (int i = 0; i < N_MD; i++)
+        Py_XSETREF(U.down_fns[i], Py_NewRef(PyTuple_GET_ITEM(df, i)));
+    U.ex_tag = U.down_tag = 0;
+    U.ready = 1;
+    return method;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Exchange, RequestContext, HttpResponseParser, globals, response_fields, render_head, "
@@ -1026,6 +1562,10 @@ static PyMethodDef methods[] = {
      "setup_fast(HttpParserCallbackError, UNFED): feed_fast on (after setup)."},
     {"feed_fast", (PyCFunction)(void (*)(void))feed_fast, METH_FASTCALL,
      "feed_fast(ex, data): a whole plain response's callbacks made here (True), or nothing done (False)."},
+    {"setup_read", setup_read, METH_VARARGS,
+     "setup_read(UpstreamConnection, BackendPool, Downstream, deque, HttpParserError, feed_fast, states, "
+     "data_received_py, exchange_methods, downstream_methods): UpstreamConnection.data_received in C."},
+    {"ended_count", ended_count, METH_NOARGS, "ended_count(): responses ended by the C data_received (for the tests)."},
     {"scan", scan, METH_O, "scan(data): what feed_fast makes of a response, or None (for the tests)."},
     {"fast_count", fast_count, METH_NOARGS, "fast_count(): responses feed_fast has taken (for the tests)."},
     {NULL, NULL, 0, NULL},
@@ -1048,11 +1588,20 @@ PyInit__response(void)
         {&s_resp_no_body, "resp_no_body"}, {&s_down, "down"}, {&s_on_message_begin, "on_message_begin"},
         {&s_on_status, "on_status"}, {&s_on_header, "on_header"}, {&s_on_headers_complete, "on_headers_complete"},
         {&s_on_body, "on_body"}, {&s_on_message_complete, "on_message_complete"},
+        {&s_upstream_data, "upstream_data"}, {&s_read_over, "_read_over"}, {&s_done_plain, "_done_plain"},
+        {&s_write, "write"}, {&s_response_over, "_response_over"}, {&s_feed_llhttp, "_feed_llhttp"},
+        {&s_parse_failed, "_parse_failed"}, {&s_feed_fast, "_feed_fast"}, {&s_now, "now"},
+        {&s_is_closing, "is_closing"}, {&s_resume_reading, "resume_reading"}, {&s_selector, "selector"},
+        {&s_on_done, "on_done"}, {&s_stats, "stats"}, {&s_requests, "requests"}, {&s_errors, "errors"},
+        {&s_finished, "_finished"}, {&s_close, "_close"}, {&s_advance, "_advance"},
+        {&s_upstream_full, "upstream-full"}, {&s_connecting, "connecting"}, {&u_5xx, "5xx"}, {&u_ok, "ok"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)
             return NULL;
-    if (S.zero == NULL && ((S.zero = PyLong_FromLong(0)) == NULL || (S.zero_float = PyFloat_FromDouble(0.0)) == NULL))
+    if (S.zero == NULL && ((S.zero = PyLong_FromLong(0)) == NULL || (S.zero_float = PyFloat_FromDouble(0.0)) == NULL
+                           || (S.i500 = PyLong_FromLong(500)) == NULL || (i_one = PyLong_FromLong(1)) == NULL
+                           || (S.empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL))
         return NULL;
     if (PyType_Ready(&ParsedType) < 0)
         return NULL;

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from ._accel import attach
-from .exchange import DONE, PARSING, UPSTREAM_HEAD_LIMIT, WAITING, Exchange
+from .exchange import DONE, PARSING, RESPONDING, SENT, TUNNEL, UPSTREAM_HEAD_LIMIT, WAITING, Exchange
 from .http11 import TCHAR, connection_tokens, error_response
 from .proxyproto import ProxyHeaderError, parse_proxy_header
+from .upstream import BackendPool, UpstreamConnection
 
 if TYPE_CHECKING:
     from .node import Listener, Node
@@ -788,10 +789,25 @@ if _c is not None:
 # --- C: Exchange's response callbacks (proxy/_response.c), set up in exchange.py ---
 # Here the C learns Downstream, to inline keep_alive_after (while it is this
 # method) instead of calling it.
-from .exchange import _c_response as _response_c  # noqa: E402
+from .exchange import _c_response as _response_c, _feed_fast  # noqa: E402
 
 if _response_c is not None:
     attach("proxy._response", lambda c: c.setup_down(Downstream, Downstream.keep_alive_after))
+
+# --- C: a read from a backend (proxy/_response.c) ---
+# UpstreamConnection.data_received with Exchange.upstream_data's steps, and a
+# plain response's end (_read_over, _done_plain, Downstream.write and
+# _response_over) in C; every other case calls these Python methods, kept
+# as the reference (the original data_received as _data_received_py).
+UpstreamConnection._data_received_py = UpstreamConnection.data_received   # type: ignore[attr-defined]
+if _response_c is not None and _feed_fast is not None:
+    _up_read = attach("proxy._response", lambda c: c.setup_read(
+        UpstreamConnection, BackendPool, Downstream, deque, httptools.HttpParserError, _feed_fast,
+        (SENT, RESPONDING, TUNNEL, DONE), UpstreamConnection._data_received_py,  # type: ignore[attr-defined]
+        (Exchange.upstream_data, Exchange._read_over, Exchange._done_plain),
+        (Downstream.write, Downstream._response_over)))
+    if _up_read is not None:
+        UpstreamConnection.data_received = _up_read  # type: ignore[method-assign]
 
 
 # --- C: the request head's callbacks (proxy/_request.c) ---

@@ -2,16 +2,19 @@
 
 It does what _flush, _response_done, pool.release, _finish_attempt,
 down.response_finished and node.finish do when each takes its plainest
-branch, or nothing (False) when one would not. Here a real Node, with
-stand-in transports, carries the same requests twice, once with it and once
-without (the general path), with the odd cases drawn around the plain one:
-each world must end the same, with the same bytes written, the same pool,
-balancer, counters and connection state, and the same state seen by the
-node's finish hook when it runs.
+branch, or nothing (False) when one would not. proxy/_response.c does the
+same, and upstream_data's steps before it, as UpstreamConnection.data_received.
+Here a real Node, with stand-in transports, carries the same requests three
+times: through the C, through the Python _done_plain, and through the
+general path, with the odd cases drawn around the plain one: each world
+must end the same, with the same bytes written, the same pool, balancer,
+counters and connection state, and the same state seen by the node's
+finish hook when it runs.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import itertools
 from typing import Any, Iterator
@@ -36,6 +39,7 @@ RESPONSES = {
     "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n",
     "http10": b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
     "split": PLAIN[:-2] + b"|" + PLAIN[-2:],   # two reads: llhttp's, the timer re-armed between them
+    "partial": PLAIN[:-2],                       # the body's end has not come yet
 }
 REQUESTS = {
     "plain": b"GET /a HTTP/1.1\r\nHost: h.test\r\n\r\n",
@@ -43,6 +47,7 @@ REQUESTS = {
     "http10": b"GET /a HTTP/1.0\r\nHost: h.test\r\n\r\n",
     "pipelined": b"GET /a HTTP/1.1\r\nHost: h.test\r\n\r\nGET /b HTTP/1.1\r\nHost: h.test\r\n\r\n",
     "head": b"HEAD /a HTTP/1.1\r\nHost: h.test\r\n\r\n",
+    "get-body": b"GET /a HTTP/1.1\r\nHost: h.test\r\nContent-Length: 4\r\n\r\nab",   # its body unfinished
 }
 
 
@@ -117,7 +122,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 class World:
     """A node, one client connection and `idle` pooled backend connections."""
 
-    def __init__(self, plain: bool, max_idle: int, idle: int, hook: str) -> None:
+    def __init__(self, mode: str, max_idle: int, idle: int, hook: str) -> None:
         cfg = parse_config({
             "node": {"name": "t", "region": "us-east-1"}, "listeners": [{"bind": "127.0.0.1:0"}],
             "pools": {"p": {"regions": {"us-east-1": ["127.0.0.1:9"]}}},
@@ -142,7 +147,7 @@ class World:
             self.pool.created += 1
             self.ups.append((up, ut))
         self.backend = backend
-        self.plain = plain
+        self.mode = mode   # "c", "python" (_done_plain) or "general"
         self.exchanges: list[Exchange] = []
 
     def finished(self, ctx: Any) -> None:
@@ -160,10 +165,13 @@ class World:
     def run(self, request: bytes, response: bytes, up_closing: bool, odd: str) -> None:
         """odd: "paused" (client reads paused), "slow-client" (its writes
         paused: the backend's reads are paused too), "up-eof" (the backend's
-        FIN already read), or ""."""
-        if not self.plain:
-            saved = Exchange._done_plain
+        FIN already read), "up-closed" (it was closed, the exchange still on
+        it), or ""."""
+        saved, saved_read = Exchange._done_plain, UpstreamConnection.data_received
+        if self.mode == "general":
             Exchange._done_plain = lambda self, now: False  # type: ignore[method-assign]
+        elif self.mode == "python":
+            UpstreamConnection.data_received = UpstreamConnection._data_received_py  # type: ignore
         try:
             if odd == "paused":
                 self.down.pause_reading("connecting")
@@ -175,14 +183,15 @@ class World:
                 ex = up.exchange
                 if ex is not None:
                     up.eof = up.eof or odd == "up-eof"
+                    up.closed = up.closed or odd == "up-closed"
                     for piece in response.split(b"|"):
                         up.data_received(piece)
                     self.exchanges.append(ex)
             if odd == "slow-client":
                 self.down.resume_writing()
         finally:
-            if not self.plain:
-                Exchange._done_plain = saved  # type: ignore[method-assign]
+            Exchange._done_plain = saved  # type: ignore[method-assign]
+            UpstreamConnection.data_received = saved_read  # type: ignore[method-assign]
 
     def state(self) -> dict[str, Any]:
         d, b, node = self.down, self.backend, self.node
@@ -193,7 +202,7 @@ class World:
             "backend closing": [ut.closing for _, ut in self.ups],
             "idle": [ups[id(u)] for u in self.pool.idle], "busy": sorted(ups[id(u)] for u in self.pool.busy),
             "ups": [(u.exchange is None, u.closed, u.idle_since) for u, _ in self.ups],
-            "balancer": (b.in_flight, b.ewma_ms, b.samples, b.stamp),
+            "balancer": (b.in_flight, b.ewma_ms, b.samples, b.stamp, b.consecutive_5xx),
             "stats": dict(node.stats), "started": node.started, "deadlines": len(node.deadlines),
             "down": (d.current is None, d.requests, d.parsed, d.last_active, d.closing, d.closed, sorted(d.paused),
                      len(d.queue), d.dead),
@@ -205,15 +214,17 @@ class World:
 
 
 def compare(steps: list[tuple[str, str, bool, bool]], max_idle: int, idle: int, hook: str) -> None:
-    worlds = [World(plain, max_idle, idle, hook) for plain in (True, False)]
+    worlds = [World(mode, max_idle, idle, hook) for mode in ("c", "python", "general")]
     for request, response, up_closing, odd in steps:
         for w in worlds:
             w.run(REQUESTS[request], RESPONSES[response], up_closing, odd)
-        assert worlds[0].state() == worlds[1].state(), (request, response, up_closing, odd)
+        c, python, general = (w.state() for w in worlds)
+        assert c == general, (request, response, up_closing, odd)
+        assert python == general, (request, response, up_closing, odd)
 
 
 @pytest.mark.parametrize("hook", ["none", "pause", "drain", "close-client"])
-@pytest.mark.parametrize("odd", ["", "paused", "slow-client", "up-eof"])
+@pytest.mark.parametrize("odd", ["", "paused", "slow-client", "up-eof", "up-closed"])
 @pytest.mark.parametrize("max_idle", [8, 1, 0])
 def test_plain_exchanges_with_each_odd_case(loop: asyncio.AbstractEventLoop, hook: str, odd: str,
                                             max_idle: int) -> None:
@@ -223,14 +234,14 @@ def test_plain_exchanges_with_each_odd_case(loop: asyncio.AbstractEventLoop, hoo
 
 
 # plain first: hypothesis draws (and shrinks towards) the first elements most
-REQUEST_NAMES = ["plain", "plain", "close", "http10", "pipelined", "head"]
-RESPONSE_NAMES = ["plain", "plain", "5xx", "split", "close", "chunked", "http10"]
+REQUEST_NAMES = ["plain", "plain", "close", "http10", "pipelined", "head", "get-body"]
+RESPONSE_NAMES = ["plain", "plain", "5xx", "split", "close", "chunked", "http10", "partial"]
 
 
 @settings(max_examples=400, deadline=None)
 @given(steps=st.lists(st.tuples(st.sampled_from(REQUEST_NAMES), st.sampled_from(RESPONSE_NAMES),
                                 st.sampled_from([False, False, False, True]),
-                                st.sampled_from(["", "", "", "paused", "slow-client", "up-eof"])),
+                                st.sampled_from(["", "", "", "paused", "slow-client", "up-eof", "up-closed"])),
                         min_size=1, max_size=4),
        max_idle=st.sampled_from([8, 8, 1, 0]), idle=st.sampled_from([1, 1, 2]),
        hook=st.sampled_from(["none", "none", "pause", "drain", "close-client"]))
@@ -248,7 +259,7 @@ def test_a_plain_response_takes_it(loop: asyncio.AbstractEventLoop) -> None:
         calls.append(r := real(self, now))
         return r
 
-    w = World(True, 8, 1, "none")
+    w = World("python", 8, 1, "none")
     Exchange._done_plain = spy  # type: ignore[method-assign]
     try:
         for _ in range(3):
@@ -259,3 +270,31 @@ def test_a_plain_response_takes_it(loop: asyncio.AbstractEventLoop) -> None:
     assert calls == [True, True, True, False]
     assert w.node.stats["requests"] == 4 and w.down.closing and w.dt.out[-1] == b"<eof>"
     assert w.dt.out[0].startswith(b"HTTP/1.1 200 OK\r\n") and w.dt.out[0].endswith(b"\r\n\r\nok\n")
+
+
+@pytest.mark.skipif(os.environ.get("NOVAEDGE_PURE_PYTHON") == "1", reason="NOVAEDGE_PURE_PYTHON=1")
+def test_the_c_read_ends_plain_responses_itself(loop: asyncio.AbstractEventLoop) -> None:
+    from proxy import _response  # type: ignore[attr-defined]
+    assert UpstreamConnection.data_received is not UpstreamConnection._data_received_py, \
+        "proxy/_response.c's data_received was not set up"
+    calls = []
+    real = Exchange._read_over
+
+    def spy(self: Exchange, data: bytes, now: float) -> None:
+        calls.append(data)
+        real(self, data, now)
+
+    w = World("c", 8, 1, "none")
+    before = _response.ended_count()
+    for _ in range(3):
+        w.run(REQUESTS["plain"], PLAIN, False, "")
+    assert _response.ended_count() == before + 3
+    assert w.node.stats["requests"] == 3 and w.pool.idle and not w.pool.busy
+    w.run(REQUESTS["plain"], RESPONSES["chunked"], False, "")   # not plain: Python's seams
+    assert _response.ended_count() == before + 3 and w.node.stats["requests"] == 4
+    Exchange._read_over = spy  # type: ignore[method-assign]
+    try:   # a patched method is called, not stood for
+        w.run(REQUESTS["plain"], PLAIN, False, "")
+    finally:
+        Exchange._read_over = real  # type: ignore[method-assign]
+    assert calls == [PLAIN] and _response.ended_count() == before + 3 and w.node.stats["requests"] == 5
