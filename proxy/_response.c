@@ -1071,8 +1071,8 @@ static struct {
     unsigned long long ended;     /* responses done_plain ended (for the tests) */
 } U;
 
-static PyObject *s_upstream_data, *s_read_over, *s_done_plain, *s_write, *s_response_over, *s_feed_llhttp,
-    *s_parse_failed, *s_feed_fast, *s_now, *s_is_closing, *s_resume_reading, *s_selector, *s_on_done, *s_stats,
+static PyObject *s_read_on, *s_upstream_data, *s_read_over, *s_done_plain, *s_write, *s_response_over,
+    *s_feed_llhttp, *s_parse_failed, *s_feed_fast, *s_now, *s_is_closing, *s_resume_reading, *s_selector, *s_on_done, *s_stats,
     *s_requests, *s_errors, *s_finished, *s_close, *s_advance, *s_upstream_full, *s_connecting, *u_5xx, *u_ok,
     *i_one;
 
@@ -1240,7 +1240,8 @@ response_over(PyObject *down, PyObject *ex, PyObject *now)
 }
 
 /* Exchange._done_plain(now) with its calls inlined: 1 done, 0 not the plain
- * case (nothing changed: Python decides), -1 an error. The checks, in
+ * case (nothing changed: Python decides), 2 not, after asking ut.is_closing()
+ * (the caller goes on with _read_on, as Python after _done_plain), -1 an error. The checks, in
  * Python's order, read only slots, then ut.is_closing() last. */
 static int
 done_plain(PyObject *ex, PyObject *now)
@@ -1271,28 +1272,30 @@ done_plain(PyObject *ex, PyObject *now)
     t = PyObject_IsTrue(closing);
     Py_DECREF(closing);
     if (t != 0) {
-        r = t < 0 ? -1 : 0;
+        r = t < 0 ? -1 : 2;   /* _done_plain's False, is_closing() asked: _read_on */
         goto done;
     }
     /* _flush, with down.write inlined */
-    PyObject *out = EX(ex, E_OUT);
-    if ((t = truth(ex, S.off[E_OUT])) < 0)
+    PyObject *out = Py_XNewRef(EX(ex, E_OUT));   /* Python's local `out` */
+    if ((t = truth(ex, S.off[E_OUT])) < 0) {
+        Py_XDECREF(out);
         goto done;
+    }
+    if (!t)
+        Py_XDECREF(out);
     if (t) {
-        Py_INCREF(out);
         Py_ssize_t n = PyObject_Size(out);
         PyObject *data = n < 0 ? NULL : n == 1 ? PySequence_GetItem(out, 0) : _PyBytes_Join(S.empty_bytes, out);
         Py_DECREF(out);
         if (data == NULL)
             goto done;
-        PyObject *dt = SLOT(down, U.w[W_TRANSPORT]);
+        PyObject *dt = Py_XNewRef(SLOT(down, U.w[W_TRANSPORT]));   /* Python's local `t` */
         if (dt != NULL && dt != Py_None && (t = truth(down, U.w[W_CLOSED])) == 0
-            && (t = truth(down, U.w[W_EOF_SENT])) == 0) {
-            Py_INCREF(dt);
+            && (t = truth(down, U.w[W_EOF_SENT])) == 0)
             t = call_method(dt, s_write, &data, 1);
-            Py_DECREF(dt);
-        } else if (dt == NULL)
+        else if (dt == NULL)
             t = truth(down, U.w[W_TRANSPORT]);
+        Py_XDECREF(dt);
         Py_DECREF(data);
         if (t < 0)
             goto done;
@@ -1331,17 +1334,17 @@ done_plain(PyObject *ex, PyObject *now)
     if (backend == NULL && truth(ex, U.x[X_BACKEND]) < 0)
         goto done;
     if (backend != Py_None) {
-        if ((t = truth(ex, U.x[X_ACCOUNTED])) < 0)
+        Py_INCREF(backend);
+        if ((t = truth(ex, U.x[X_ACCOUNTED])) != 0)
+            Py_DECREF(backend);
+        if (t < 0)
             goto done;
         if (!t) {
-            Py_INCREF(backend);
             slot_put(ex, U.x[X_ACCOUNTED], Py_True);
             PyObject *start = XS(ex, X_ATTEMPT_START), *status = EX(ex, E_RESP_STATUS), *a[4] = {backend};
             PyObject *sel = ATTR(node, s_selector), *err = NULL;
-            if (sel != NULL && start != NULL && status != NULL) {
-                a[1] = PyNumber_Subtract(now, start);
+            if (sel != NULL && start != NULL && status != NULL && (a[1] = PyNumber_Subtract(now, start)) != NULL)
                 err = PyObject_RichCompare(status, S.i500, Py_GE);
-            }
             if (sel != NULL && a[1] != NULL && err != NULL && (t = PyObject_IsTrue(err)) >= 0) {
                 a[2] = t ? u_5xx : u_ok;
                 a[3] = now;
@@ -1465,12 +1468,13 @@ up_data_received(PyObject *up, PyObject *const *args, Py_ssize_t nargs)
             /* _read_over(data, now): its plain end here */
             if ((t = done_plain(ex, now)) < 0)
                 goto done;
-            if (t) {
+            if (t == 1) {
                 result = Py_NewRef(Py_None);
                 goto done;
             }
             PyObject *a[3] = {ex, data, now};
-            result = PyObject_VectorcallMethod(s_read_over, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            result = PyObject_VectorcallMethod(t == 2 ? s_read_on : s_read_over, a,
+                                               3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             goto done;
         }
     }
@@ -1588,7 +1592,8 @@ PyInit__response(void)
         {&s_resp_no_body, "resp_no_body"}, {&s_down, "down"}, {&s_on_message_begin, "on_message_begin"},
         {&s_on_status, "on_status"}, {&s_on_header, "on_header"}, {&s_on_headers_complete, "on_headers_complete"},
         {&s_on_body, "on_body"}, {&s_on_message_complete, "on_message_complete"},
-        {&s_upstream_data, "upstream_data"}, {&s_read_over, "_read_over"}, {&s_done_plain, "_done_plain"},
+        {&s_upstream_data, "upstream_data"}, {&s_read_on, "_read_on"}, {&s_read_over, "_read_over"},
+        {&s_done_plain, "_done_plain"},
         {&s_write, "write"}, {&s_response_over, "_response_over"}, {&s_feed_llhttp, "_feed_llhttp"},
         {&s_parse_failed, "_parse_failed"}, {&s_feed_fast, "_feed_fast"}, {&s_now, "now"},
         {&s_is_closing, "is_closing"}, {&s_resume_reading, "resume_reading"}, {&s_selector, "selector"},

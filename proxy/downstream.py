@@ -799,7 +799,8 @@ if _response_c is not None:
 # plain response's end (_read_over, _done_plain, Downstream.write and
 # _response_over) in C; every other case calls these Python methods, kept
 # as the reference (the original data_received as _data_received_py).
-UpstreamConnection._data_received_py = UpstreamConnection.data_received   # type: ignore[attr-defined]
+UpstreamConnection._data_received_py = vars(UpstreamConnection).get(   # type: ignore[attr-defined]
+    "_data_received_py", UpstreamConnection.data_received)   # (a second import of this module: kept)
 if _response_c is not None and _feed_fast is not None:
     _up_read = attach("proxy._response", lambda c: c.setup_read(
         UpstreamConnection, BackendPool, Downstream, deque, httptools.HttpParserError, _feed_fast,

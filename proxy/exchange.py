@@ -440,6 +440,10 @@ class Exchange:
         """What follows a read that parsed cleanly."""
         if self.resp_complete and self._done_plain(now):
             return
+        self._read_on(data, now)
+
+    def _read_on(self, data: bytes, now: float) -> None:
+        """_read_over after _done_plain said no (_response.c's seam once it asked is_closing())."""
         self._flush()
         if self.resp_complete:
             if self.state != DONE:

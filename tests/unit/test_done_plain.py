@@ -298,3 +298,67 @@ def test_the_c_read_ends_plain_responses_itself(loop: asyncio.AbstractEventLoop)
     finally:
         Exchange._read_over = real  # type: ignore[method-assign]
     assert calls == [PLAIN] and _response.ended_count() == before + 3 and w.node.stats["requests"] == 5
+
+
+# -- what a review of the C read found: each the C against Python's, same steps ----------
+
+def _both(setup: Any) -> list[Any]:
+    """setup(world) -> what to compare, run in a C world and a Python world"""
+    got = []
+    for mode in ("c", "python"):
+        with event_loop():
+            w = World(mode, 8, 1, "none")
+            saved = UpstreamConnection.data_received
+            if mode == "python":
+                UpstreamConnection.data_received = UpstreamConnection._data_received_py  # type: ignore
+            try:
+                got.append(setup(w))
+            finally:
+                UpstreamConnection.data_received = saved  # type: ignore[method-assign]
+    return got
+
+
+def test_is_closing_is_asked_once_as_python_asks_it() -> None:
+    def run(w: World) -> int:
+        up, ut = w.ups[0]
+        w.down.data_received(REQUESTS["plain"])
+        calls: list[int] = []
+        ut.is_closing = lambda: calls.append(1) or True  # type: ignore[method-assign]
+        up.data_received(PLAIN)
+        return len(calls)
+    c, python = _both(run)
+    assert c == python   # (_done_plain asks, then pool.release does)
+
+
+def test_what_python_holds_in_locals_the_c_holds_too() -> None:
+    """ex.out and down.transport replaced by Python code the C runs between
+    reading them and using them (their __bool__): Python's locals keep the
+    old ones, so must the C (it used freed objects)."""
+    def run(w: World) -> tuple[bool, list[bytes]]:
+        up, _ = w.ups[0]
+        w.down.data_received(REQUESTS["plain"])
+        ex, down = up.exchange, w.down
+        assert ex is not None
+        got: list[bytes] = []
+
+        class Sink(Transport):
+            def write(self, data: bytes) -> None:
+                got.append(bytes(data))
+
+        class Out(list):  # type: ignore[type-arg]
+            def __bool__(self) -> bool:
+                ex.out = [b"REPLACED"]   # the last reference to this list goes
+                return True
+
+        class Flag:
+            def __bool__(self) -> bool:
+                down.transport = None    # the last reference to the Sink goes
+                return False
+
+        ex.out = Out([b"ignored"])
+        down.transport = Sink(("127.0.0.1", 1))
+        down.eof_sent = Flag()
+        up.data_received(PLAIN)
+        return bool(got and got[0].endswith(b"\r\n\r\nok\n")), [g[-3:] for g in got]
+    c, python = _both(run)
+    assert c == python and python[0]
