@@ -362,3 +362,15 @@ def test_what_python_holds_in_locals_the_c_holds_too() -> None:
         return bool(got and got[0].endswith(b"\r\n\r\nok\n")), [g[-3:] for g in got]
     c, python = _both(run)
     assert c == python and python[0]
+
+
+def test_a_second_import_keeps_the_python_reference() -> None:
+    """A reload of downstream.py must not take the C method for the Python one
+    (each hand-over would then call itself)."""
+    import subprocess
+    import sys
+    code = ("import importlib, types, proxy.downstream as d; importlib.reload(d); "
+            "from proxy.upstream import UpstreamConnection as U; "
+            "assert isinstance(U._data_received_py, types.FunctionType), U._data_received_py")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-500:]
