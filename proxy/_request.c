@@ -1637,9 +1637,9 @@ typedef struct {
     PyTypeObject *type;
     unsigned int tag;
     int n;
-    PyObject *names[3], *funcs[3];   /* borrowed from A.fname / A.fn */
+    PyObject *names[1], *funcs[1];   /* borrowed from A.fname / A.fn */
 } Watch;
-enum { W_DOWN, W_EX, W_POOL, W_CONN, N_W };
+enum { W_DOWN, W_START, W_ATTACH, W_ARM, W_POOL, W_CONN, N_W };
 
 /* Which seams run in C (counted, for the tests): the inlined methods */
 enum { C_ACTIVATE, C_DISPATCH, C_START, C_TAKE_IDLE, C_USABLE, C_ATTACH, C_ARM, C_ON_START, N_C };
@@ -1861,7 +1861,7 @@ static int
 act_dispatch(PyObject *node, PyObject *down, PyObject *ex)
 {
     PyObject *ctx = NULL, *hooks = NULL, *prot = NULL, *snap = NULL, *router = NULL, *route = NULL;
-    int r = -1;
+    int r = -1, inlined = 0;
     if ((ctx = aget(ex, AE_CTX)) == NULL)
         goto done;
     if (Py_TYPE(ctx) != A.type[T_CTX])
@@ -1876,6 +1876,7 @@ act_dispatch(PyObject *node, PyObject *down, PyObject *ex)
         goto done;
     if (Py_TYPE(route) != A.type[T_ROUTE])
         goto python;   /* (None: router.match) */
+    inlined = 1;
     /* ctx.route = route */
     if (aset(ctx, AC_ROUTE, Py_NewRef(route)) < 0)
         goto done;
@@ -1959,7 +1960,7 @@ act_dispatch(PyObject *node, PyObject *down, PyObject *ex)
     }
     /* ex.start(down.last_active) */
     {
-        int own = watch_ok(&A.w[W_EX]);
+        int own = watch_ok(&A.w[W_START]);
         PyObject *now = aget(down, AD_LAST_ACTIVE);
         if (now == NULL)
             goto done;
@@ -1971,8 +1972,6 @@ act_dispatch(PyObject *node, PyObject *down, PyObject *ex)
         }
         Py_DECREF(now);
     }
-    if (r == 0)
-        A.count[C_DISPATCH]++;
     goto done;
 python:
     {
@@ -1980,6 +1979,8 @@ python:
         r = callf(A.fn[F_DISPATCH], a, 3);
     }
 done:
+    if (inlined && r == 0)
+        A.count[C_DISPATCH]++;
     Py_XDECREF(ctx);
     Py_XDECREF(hooks);
     Py_XDECREF(prot);
@@ -2023,7 +2024,7 @@ act_start(PyObject *ex, PyObject *now_arg)
 {
     PyObject *node = NULL, *ctx = NULL, *now = Py_NewRef(now_arg), *sel = NULL, *tried = NULL, *choice = NULL,
         *pool = NULL, *conn = NULL;
-    int r = -1, t;
+    int r = -1, t, inlined = 0;
     if ((node = aget(ex, AE_NODE)) == NULL || (ctx = aget(ex, AE_CTX)) == NULL)
         goto done;
     if (Py_TYPE(ctx) != A.type[T_CTX]) {
@@ -2031,6 +2032,7 @@ act_start(PyObject *ex, PyObject *now_arg)
         r = callf(A.fn[F_START], a, 2);   /* (None: Python's assert) */
         goto done;
     }
+    inlined = 1;
     /* if not now: now = node.now() */
     if ((t = PyFloat_CheckExact(now) ? PyFloat_AS_DOUBLE(now) != 0.0 : PyObject_IsTrue(now)) < 0)
         goto done;
@@ -2180,13 +2182,13 @@ act_start(PyObject *ex, PyObject *now_arg)
         goto done;
     if (conn != Py_None) {
         /* self._attach(conn, now) */
-        if (watch_ok(&A.w[W_EX]))
+        if (watch_ok(&A.w[W_ATTACH]))
             r = act_attach(ex, conn, now);
         else {
             PyObject *a[3] = {ex, conn, now};
             r = callm(A.fname[F_ATTACH], a, 3);
         }
-        goto counted;
+        goto done;
     }
     /* self.state = CONNECTING; node.loop.create_task(self._connect(pool)) */
     {
@@ -2208,10 +2210,9 @@ act_start(PyObject *ex, PyObject *now_arg)
         }
         Py_DECREF(ct);
     }
-counted:
-    if (r == 0)
-        A.count[C_START]++;
 done:
+    if (inlined && r == 0)
+        A.count[C_START]++;
     Py_XDECREF(node);
     Py_XDECREF(ctx);
     Py_XDECREF(now);
@@ -2370,7 +2371,7 @@ act_attach(PyObject *ex, PyObject *conn, PyObject *now)
     if (c < 0)
         return -1;
     if (c) {
-        if (watch_ok(&A.w[W_EX]))
+        if (watch_ok(&A.w[W_ARM]))
             r = act_arm(ex, now);
         else {
             PyObject *b[2] = {ex, now};
@@ -2476,8 +2477,9 @@ setup_activate(PyObject *module, PyObject *args)
             return NULL;
         Py_XSETREF(A.fn[i], Py_NewRef(PyTuple_GET_ITEM(fns, i)));
     }
-    static const struct { int w, t, n, f[3]; } wd[N_W] = {
-        {W_DOWN, T_DOWN, 1, {F_ACTIVATE}}, {W_EX, T_EX, 3, {F_START, F_ATTACH, F_ARM}},
+    static const struct { int w, t, n, f[1]; } wd[N_W] = {
+        {W_DOWN, T_DOWN, 1, {F_ACTIVATE}}, {W_START, T_EX, 1, {F_START}}, {W_ATTACH, T_EX, 1, {F_ATTACH}},
+        {W_ARM, T_EX, 1, {F_ARM}},
         {W_POOL, T_POOL, 1, {F_TAKE_IDLE}}, {W_CONN, T_CONN, 1, {F_USABLE}}};
     for (int i = 0; i < N_W; i++) {
         Watch *w = &A.w[wd[i].w];
