@@ -77,7 +77,7 @@ ROUTES = {
 ODD = ["", "write-paused", "stale", "peer-closed", "closing", "eof", "closed", "no-transport", "ejected",
        "protect", "protect-403", "write-raises", "is-closing-raises", "node-dispatch", "class-attach",
        "class-start", "class-usable", "class-take-idle", "class-arm", "on-start", "no-every", "no-pool",
-       "held", "slow-clock"]
+       "held", "slow-clock", "reload", "class-activate"]
 RESPONSES = ["plain", "reset", "none"]
 
 
@@ -219,10 +219,12 @@ class World:
     """A node, one client connection and `idle` pooled backend connections."""
 
     def __init__(self, c: bool, routes: str, idle: int, step: float) -> None:
-        cfg = parse_config({
+        self.cfg = {
             "node": {"name": "t", "region": "us-east-1"}, "listeners": [{"bind": "127.0.0.1:0"}],
             "pools": {"p": {"regions": {"us-east-1": ["127.0.0.1:9"]}}},
-            "routes": ROUTES[routes], "access_log": {"enabled": False}, "metrics": {"enabled": False}})
+            "routes": ROUTES[routes], "access_log": {"enabled": False}, "metrics": {"enabled": False}}
+        self.reloads = 0
+        cfg = parse_config(self.cfg)
         self.c = c
         self.node = node = Node(cfg, hooks=build_hooks(cfg, 0))
         self.clock = node.now = Clock(step)  # type: ignore[assignment]
@@ -309,12 +311,13 @@ class World:
                 cls, name = {"class-attach": (Exchange, "_attach"), "class-start": (Exchange, "start"),
                              "class-usable": (UpstreamConnection, "usable"),
                              "class-take-idle": (BackendPool, "take_idle"),
-                             "class-arm": (Exchange, "_arm_response_timer")}[odd]
+                             "class-arm": (Exchange, "_arm_response_timer"),
+                             "class-activate": (Downstream, "_activate")}[odd]
                 real = vars(cls)[name]
 
-                def wrapper(*a: Any) -> Any:
+                def wrapper(*a: Any, **k: Any) -> Any:
                     self.errors.append(name)
-                    return real(*a)
+                    return real(*a, **k)
                 stack.enter_context(patched(cls, name, wrapper))
             elif odd == "on-start":
                 real_on_start = exchange_mod.on_start
@@ -325,6 +328,11 @@ class World:
                 stack.enter_context(patched(exchange_mod, "on_start", on_start))
             elif odd == "no-every":
                 stack.enter_context(patched(node.snapshot.router, "every", None))
+            elif odd == "reload":   # a new Snapshot: another response timeout and body limit
+                self.reloads += 1
+                node.apply_config(parse_config(self.cfg | {
+                    "upstream": {"response_timeout_s": 5.0 + self.reloads},
+                    "limits": {"max_body_bytes": 3 + self.reloads}}))
             elif odd == "slow-clock":
                 stack.enter_context(patched(self.clock, "step", 0.01))
             yield
