@@ -77,7 +77,8 @@ ROUTES = {
 ODD = ["", "write-paused", "stale", "peer-closed", "closing", "eof", "closed", "no-transport", "ejected",
        "protect", "protect-403", "write-raises", "is-closing-raises", "node-dispatch", "class-attach",
        "class-start", "class-usable", "class-take-idle", "class-arm", "on-start", "no-every", "no-pool",
-       "held", "slow-clock", "reload", "class-activate"]
+       "held", "slow-clock", "reload", "class-activate", "class-continue", "pick-retry", "pick-fails",
+       "pick-body", "zero-clock"]
 RESPONSES = ["plain", "reset", "none"]
 
 
@@ -283,7 +284,7 @@ class World:
                 stack.callback(node.selector.force, self.backend.id, False)
             elif odd in ("protect", "protect-403"):
                 def protect(node: Node, down: Downstream, ctx: RequestContext) -> Any:
-                    self.errors.append(f"protect {ctx.path}")
+                    self.errors.append(f"protect {ctx.path} {down.current.state} {down.requests}")
                     return (403, "denied", [(b"X-Why", b"test")]) if odd == "protect-403" else None
 
                 def route_check(node: Node, down: Downstream, ctx: RequestContext) -> Any:
@@ -312,7 +313,8 @@ class World:
                              "class-usable": (UpstreamConnection, "usable"),
                              "class-take-idle": (BackendPool, "take_idle"),
                              "class-arm": (Exchange, "_arm_response_timer"),
-                             "class-activate": (Downstream, "_activate")}[odd]
+                             "class-activate": (Downstream, "_activate"),
+                             "class-continue": (Exchange, "continue_100")}[odd]
                 real = vars(cls)[name]
 
                 def wrapper(*a: Any, **k: Any) -> Any:
@@ -333,6 +335,25 @@ class World:
                 node.apply_config(parse_config(self.cfg | {
                     "upstream": {"response_timeout_s": 5.0 + self.reloads},
                     "limits": {"max_body_bytes": 3 + self.reloads}}))
+            elif odd in ("pick-retry", "pick-fails", "pick-body"):
+                # what start reads after pick, changed by it: as on a retry
+                real_pick = node.selector.pick
+
+                def pick(ctx: RequestContext, tried: set[str], now: float) -> Any:
+                    ex = self.down.current
+                    self.errors.append(f"pick {ex.state} {ctx.route.name} {ctx.is_write} {ex.max_body}")
+                    if odd == "pick-body":   # body held meanwhile: _attach writes it with the head
+                        ex.pending_body.append(b"early")
+                        ex.pending_len += 5
+                        return real_pick(ctx, tried, now)
+                    ctx.retries = 1
+                    ex.reused = True
+                    ex.last_failure = (502, "upstream-reset")
+                    return (503, "no backend") if odd == "pick-fails" else real_pick(ctx, tried, now)
+                stack.enter_context(patched(node.selector, "pick", pick))
+            elif odd == "zero-clock":   # a clock reading 0.0: start and the timer read it again
+                stack.enter_context(patched(self.clock, "t", 0.0))
+                stack.enter_context(patched(self.clock, "step", 0.0))
             elif odd == "slow-clock":
                 stack.enter_context(patched(self.clock, "step", 0.01))
             yield
@@ -460,7 +481,8 @@ def test_each_odd_case_between_plain_ones(loop: asyncio.AbstractEventLoop, route
 @pytest.mark.parametrize("routes", list(ROUTES))
 def test_each_request_between_plain_ones(loop: asyncio.AbstractEventLoop, routes: str, request_name: str) -> None:
     for response in RESPONSES:
-        compare([PLAIN_STEP, (request_name, response, ""), PLAIN_STEP, PLAIN_STEP], routes, 2, 1.0)
+        for odd in ("", "class-continue", "protect", "pick-retry", "pick-body", "zero-clock"):
+            compare([PLAIN_STEP, (request_name, response, odd), PLAIN_STEP, PLAIN_STEP], routes, 2, 1.0)
 
 
 # plain first: hypothesis draws (and shrinks towards) the first elements most
