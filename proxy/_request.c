@@ -1654,7 +1654,7 @@ static struct {
     Watch w[N_W];
     PyObject *last_snap, *last_router, *last_timeout;   /* owned: the last Snapshot's, read once */
     unsigned long long count[N_C];
-    PyObject *s_waiting, *s_sent, *s_unfed, *s_connecting, *s_idempotent, *s_stale, *s_hooks,
+    PyObject *s_hooks,
         *s_protect_active, *s_router, *s_every, *s_response_timeout_s, *s_selector, *s_pick,
         *s_fail_request, *s_pools, *s_get, *s_pool_for, *s_add, *s_in_flight, *s_loop, *s_create_task,
         *s_connect, *s_pop, *s_is_closing, *s_peer_closed, *s_close, *s_write, *s_deadlines,
@@ -1744,21 +1744,56 @@ callf(PyObject *fn, PyObject **a, size_t n)
     return 0;
 }
 
-/* fn's global `name` (borrowed), NULL (no error set) when it is not in its module */
+/* The module globals the methods read (WAITING, IDEMPOTENT, ...): looked up
+ * as LOAD_GLOBAL does, each kept with its module dict's version, as
+ * LOAD_GLOBAL's own cache keeps it (a dict's version changes with any change
+ * to it; the value is borrowed from the dict while it does not). */
+enum { G_WAITING, G_IDEMPOTENT, G_ON_START, G_CONNECTING, G_STALE, G_SENT, G_UNFED, N_G };
+static const struct { int fn; const char *name; } g_defs[N_G] = {
+    {F_ACTIVATE, "WAITING"}, {F_DISPATCH, "IDEMPOTENT"}, {F_START, "on_start"}, {F_START, "CONNECTING"},
+    {F_TAKE_IDLE, "STALE_CHECK_AFTER_S"}, {F_ATTACH, "SENT"}, {F_ATTACH, "UNFED"}};
+static struct {
+    PyObject *name;
+    PyObject *dict;       /* borrowed: the function's __globals__ (the function is A's) */
+    uint64_t version;
+    PyObject *value;      /* borrowed from dict */
+} G[N_G];
+
+#if PY_VERSION_HEX < 0x030C0000
+#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+#endif
+
+/* global g, borrowed, when the module defines it; NULL (no error set) when not */
 static PyObject *
-fn_global(int f, PyObject *name)
+gget(int g)
 {
-    PyObject *v = PyDict_GetItemWithError(PyFunction_GET_GLOBALS(A.fn[f]), name);
-    if (v == NULL)
+    PyObject *d = PyFunction_GET_GLOBALS(A.fn[g_defs[g].fn]);
+#ifdef DICT_VERSION
+    if (G[g].dict == d && G[g].version == DICT_VERSION(d))
+        return G[g].value;
+#endif
+    PyObject *v = PyDict_GetItemWithError(d, G[g].name);
+    if (v == NULL) {
         PyErr_Clear();
+        G[g].dict = NULL;
+        return NULL;
+    }
+#ifdef DICT_VERSION
+    G[g].dict = d;
+    G[g].version = DICT_VERSION(d);
+    G[g].value = v;
+#endif
     return v;
 }
 
-/* the module global `name` function f reads, owned, as LOAD_GLOBAL finds it */
+/* global g, owned, as LOAD_GLOBAL finds it (the builtins, or a NameError) */
 static PyObject *
-fn_global_load(int f, PyObject *name)
+gload(int g)
 {
-    return global(PyFunction_GET_GLOBALS(A.fn[f]), name);
+    PyObject *v = gget(g);
+    if (v != NULL)
+        return Py_NewRef(v);
+    return global(PyFunction_GET_GLOBALS(A.fn[g_defs[g].fn]), G[g].name);
 }
 
 /* set.add(v) for a set s (a set exactly: PySet_Add, which is what add does) */
@@ -1805,7 +1840,7 @@ static int
 act_activate(PyObject *self, PyObject *ex)
 {
     PyObject *pb = Py_TYPE(ex) == A.type[T_EX] ? SLOT(ex, A.off[AE_PENDING_BODY]) : NULL;
-    PyObject *waiting = fn_global(F_ACTIVATE, A.s_waiting);
+    PyObject *waiting = gget(G_WAITING);
     if (pb == NULL || !PyList_CheckExact(pb) || PyList_GET_SIZE(pb) != 0 || waiting == NULL) {
         PyObject *a[3] = {self, ex, Py_True};
         PyObject *r = PyObject_Vectorcall(A.fn[F_ACTIVATE], a, 2, kw_parsing);
@@ -1890,7 +1925,7 @@ act_dispatch(PyObject *node, PyObject *down, PyObject *ex)
         else {
             Py_DECREF(w);
             PyObject *method = aget(ctx, AC_METHOD), *idem = NULL;
-            if (method == NULL || (idem = fn_global_load(F_DISPATCH, A.s_idempotent)) == NULL) {
+            if (method == NULL || (idem = gload(G_IDEMPOTENT)) == NULL) {
                 Py_XDECREF(method);
                 goto done;
             }
@@ -2138,7 +2173,7 @@ act_start(PyObject *ex, PyObject *now_arg)
     }
     /* on_start(backend) */
     {
-        PyObject *os = fn_global_load(F_START, A.fname[F_ON_START]);
+        PyObject *os = gload(G_ON_START);
         if (os == NULL)
             goto done;
         if (os == A.fn[F_ON_START])
@@ -2192,7 +2227,7 @@ act_start(PyObject *ex, PyObject *now_arg)
     }
     /* self.state = CONNECTING; node.loop.create_task(self._connect(pool)) */
     {
-        PyObject *connecting = fn_global_load(F_START, A.s_connecting), *loop, *ct, *coro;
+        PyObject *connecting = gload(G_CONNECTING), *loop, *ct, *coro;
         if (connecting == NULL || aset(ex, AE_STATE, connecting) < 0)
             goto done;
         if ((loop = PyObject_GetAttr(node, A.s_loop)) == NULL)
@@ -2282,7 +2317,7 @@ act_take_idle(PyObject *pool, PyObject *now)
         }
         if (t > 0) {
             PyObject *since = aget(conn, AU_IDLE_SINCE), *stale = NULL;
-            if (since == NULL || (stale = fn_global_load(F_TAKE_IDLE, A.s_stale)) == NULL)
+            if (since == NULL || (stale = gload(G_STALE)) == NULL)
                 t = -1;
             else if (PyFloat_CheckExact(now) && PyFloat_CheckExact(since) && PyFloat_CheckExact(stale))
                 t = PyFloat_AS_DOUBLE(now) - PyFloat_AS_DOUBLE(since) < PyFloat_AS_DOUBLE(stale);
@@ -2336,7 +2371,7 @@ static int
 act_attach(PyObject *ex, PyObject *conn, PyObject *now)
 {
     PyObject *down = SLOT(ex, A.off[AE_DOWN]), *pb = SLOT(ex, A.off[AE_PENDING_BODY]);
-    PyObject *sent = fn_global(F_ATTACH, A.s_sent), *unfed = fn_global(F_ATTACH, A.s_unfed);
+    PyObject *sent = gget(G_SENT), *unfed = gget(G_UNFED);
     if (Py_TYPE(conn) != A.type[T_CONN] || SLOT(conn, A.off[AU_TRANSPORT]) == NULL
         || SLOT(conn, A.off[AU_TRANSPORT]) == Py_None || SLOT(ex, A.off[AE_HOST_MISSING]) != Py_False
         || down == NULL || Py_TYPE(down) != A.type[T_DOWN] || SLOT(down, A.off[AD_WRITE_PAUSED]) != Py_False
@@ -2495,6 +2530,11 @@ setup_activate(PyObject *module, PyObject *args)
             return NULL;
         }
     }
+    for (int i = 0; i < N_G; i++) {
+        if (G[i].name == NULL && (G[i].name = PyUnicode_InternFromString(g_defs[i].name)) == NULL)
+            return NULL;
+        G[i].dict = NULL;
+    }
     Py_CLEAR(A.last_snap);
     Py_CLEAR(A.last_router);
     Py_CLEAR(A.last_timeout);
@@ -2595,8 +2635,7 @@ PyInit__request(void)
         || (b_question = PyBytes_FromString("?")) == NULL || (b_via = PyBytes_FromString("1.1 novaedge")) == NULL)
         return NULL;
     struct { PyObject **p; const char *s; } act_names[] = {
-        {&A.s_waiting, "WAITING"}, {&A.s_sent, "SENT"}, {&A.s_unfed, "UNFED"}, {&A.s_connecting, "CONNECTING"},
-        {&A.s_idempotent, "IDEMPOTENT"}, {&A.s_stale, "STALE_CHECK_AFTER_S"}, {&A.s_hooks, "hooks"},
+        {&A.s_hooks, "hooks"},
         {&A.s_protect_active, "protect_active"}, {&A.s_router, "router"}, {&A.s_every, "every"},
         {&A.s_response_timeout_s, "response_timeout_s"}, {&A.s_selector, "selector"}, {&A.s_pick, "pick"},
         {&A.s_fail_request, "fail_request"}, {&A.s_pools, "pools"}, {&A.s_get, "get"},

@@ -32,6 +32,8 @@ from hypothesis import strategies as st
 
 from proxy import downstream as downstream_mod
 from proxy import exchange as exchange_mod
+from proxy import node as node_mod
+from proxy import upstream as upstream_mod
 from proxy.balance.backend import BackendState
 from proxy.config import parse_config
 from proxy.context import RequestContext
@@ -78,7 +80,7 @@ ODD = ["", "write-paused", "stale", "peer-closed", "closing", "eof", "closed", "
        "protect", "protect-403", "write-raises", "is-closing-raises", "node-dispatch", "class-attach",
        "class-start", "class-usable", "class-take-idle", "class-arm", "on-start", "no-every", "no-pool",
        "held", "slow-clock", "reload", "class-activate", "class-continue", "pick-retry", "pick-fails",
-       "pick-body", "zero-clock"]
+       "pick-body", "zero-clock", "globals"]
 RESPONSES = ["plain", "reset", "none"]
 
 
@@ -351,6 +353,9 @@ class World:
                     ex.last_failure = (502, "upstream-reset")
                     return (503, "no backend") if odd == "pick-fails" else real_pick(ctx, tried, now)
                 stack.enter_context(patched(node.selector, "pick", pick))
+            elif odd == "globals":   # the module globals the methods read, changed
+                stack.enter_context(patched(upstream_mod, "STALE_CHECK_AFTER_S", 0.0))
+                stack.enter_context(patched(node_mod, "IDEMPOTENT", frozenset({"POST"})))
             elif odd == "zero-clock":   # a clock reading 0.0: start and the timer read it again
                 stack.enter_context(patched(self.clock, "t", 0.0))
                 stack.enter_context(patched(self.clock, "step", 0.0))
