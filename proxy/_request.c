@@ -1600,7 +1600,7 @@ setup_node(PyObject *module, PyObject *args)
  * tests/unit/test_activate_c.py runs a real node twice, with this and with
  * the Python, and compares what each leaves. */
 
-enum { T_DOWN, T_EX, T_CTX, T_BACKEND, T_POOL, T_CONN, T_ROUTE, N_T };
+enum { T_DOWN, T_EX, T_CTX, T_BACKEND, T_POOL, T_CONN, T_ROUTE, T_RPOOL, N_T };
 enum { AD_CURRENT, AD_REQUESTS, AD_NODE, AD_WRITE_PAUSED, AD_LAST_ACTIVE,
        AE_PENDING_BODY, AE_STATE, AE_CTX, AE_NODE, AE_TRIED, AE_BACKEND, AE_POOL, AE_ATTEMPT_START,
        AE_ACCOUNTED, AE_REUSED, AE_UP, AE_RESP_PARSER, AE_HOST_MISSING, AE_WANT_UPGRADE,
@@ -1610,7 +1610,7 @@ enum { AD_CURRENT, AD_REQUESTS, AD_NODE, AD_WRITE_PAUSED, AD_LAST_ACTIVE,
        AB_ID, AB_REGION, AB_POOL, AB_IN_FLIGHT,
        AP_IDLE, AP_BUSY, AP_REUSED,
        AU_CLOSED, AU_EOF, AU_TRANSPORT, AU_IDLE_SINCE, AU_EXCHANGE,
-       AR_WRITE, AR_MAX_BODY, N_A };
+       AR_WRITE, AR_MAX_BODY, ARP_IN_FLIGHT, N_A };
 static const struct { int type; const char *name; } a_defs[N_A] = {
     {T_DOWN, "current"}, {T_DOWN, "requests"}, {T_DOWN, "node"}, {T_DOWN, "write_paused"},
     {T_DOWN, "last_active"},
@@ -1625,7 +1625,7 @@ static const struct { int type; const char *name; } a_defs[N_A] = {
     {T_POOL, "idle"}, {T_POOL, "busy"}, {T_POOL, "reused"},
     {T_CONN, "closed"}, {T_CONN, "eof"}, {T_CONN, "transport"}, {T_CONN, "idle_since"},
     {T_CONN, "exchange"},
-    {T_ROUTE, "write"}, {T_ROUTE, "max_body"}};
+    {T_ROUTE, "write"}, {T_ROUTE, "max_body"}, {T_RPOOL, "in_flight"}};
 
 /* the inlined methods, by the function each must still be */
 enum { F_ACTIVATE, F_DISPATCH, F_START, F_ATTACH, F_ARM, F_TAKE_IDLE, F_USABLE, F_ON_START, N_FN };
@@ -1656,7 +1656,7 @@ static struct {
     unsigned long long count[N_C];
     PyObject *s_hooks,
         *s_protect_active, *s_router, *s_every, *s_response_timeout_s, *s_selector, *s_pick,
-        *s_fail_request, *s_pools, *s_get, *s_pool_for, *s_add, *s_in_flight, *s_loop, *s_create_task,
+        *s_fail_request, *s_pools, *s_get, *s_pool_for, *s_add, *s_loop, *s_create_task,
         *s_connect, *s_pop, *s_is_closing, *s_peer_closed, *s_close, *s_write, *s_deadlines,
         *s_answer, *s_continue_100, *i_413;
 } A;
@@ -2036,17 +2036,8 @@ act_on_start(PyObject *b)
     if (p == NULL)
         return -1;
     int r = 0;
-    if (p != Py_None) {
-        PyObject *v = PyObject_GetAttr(p, A.s_in_flight), *n;
-        if (v == NULL)
-            r = -1;
-        else {
-            n = PyNumber_InPlaceAdd(v, i_one);
-            Py_DECREF(v);
-            r = n == NULL ? -1 : PyObject_SetAttr(p, A.s_in_flight, n);
-            Py_XDECREF(n);
-        }
-    }
+    if (p != Py_None)
+        r = aincr(p, ARP_IN_FLIGHT);
     Py_DECREF(p);
     if (r == 0)
         A.count[C_ON_START]++;
@@ -2463,7 +2454,7 @@ activate(PyObject *self, PyObject *ex)
 }
 
 /* setup_activate(Downstream, Exchange, RequestContext, BackendState, BackendPool,
- *                UpstreamConnection, Route, Snapshot, functions): functions, the
+ *                UpstreamConnection, Route, RegionPool, Snapshot, functions): functions, the
  * originals of Downstream._activate, Node.dispatch, Exchange.start,
  * Exchange._attach, Exchange._arm_response_timer, BackendPool.take_idle,
  * UpstreamConnection.usable and cluster.on_start */
@@ -2471,10 +2462,11 @@ static PyObject *
 setup_activate(PyObject *module, PyObject *args)
 {
     PyObject *types[N_T], *snap_type, *fns;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O!:setup_activate", &PyType_Type, &types[T_DOWN], &PyType_Type,
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O!O!:setup_activate", &PyType_Type, &types[T_DOWN], &PyType_Type,
                           &types[T_EX], &PyType_Type, &types[T_CTX], &PyType_Type, &types[T_BACKEND],
                           &PyType_Type, &types[T_POOL], &PyType_Type, &types[T_CONN], &PyType_Type,
-                          &types[T_ROUTE], &PyType_Type, &snap_type, &PyTuple_Type, &fns))
+                          &types[T_ROUTE], &PyType_Type, &types[T_RPOOL], &PyType_Type, &snap_type,
+                          &PyTuple_Type, &fns))
         return NULL;
     if (!S.ready || (PyTypeObject *)types[T_DOWN] != S.down_type || (PyTypeObject *)types[T_EX] != S.ex_type) {
         PyErr_SetString(PyExc_RuntimeError, "setup_activate: call setup_down() first, with the same classes");
@@ -2583,7 +2575,7 @@ static PyMethodDef methods[] = {
      "Downstream.data_received (with Limits, whose frozen values it keeps per object)."},
     {"setup_activate", setup_activate, METH_VARARGS,
      "setup_activate(Downstream, Exchange, RequestContext, BackendState, BackendPool, UpstreamConnection, "
-     "Route, Snapshot, functions): Downstream._activate and what it calls in C, from on_headers_complete."},
+     "Route, RegionPool, Snapshot, functions): Downstream._activate and what it calls in C, from on_headers_complete."},
     {"set_activate", set_activate, METH_O,
      "set_activate(on): the C _activate on or off (for the tests); the previous setting."},
     {"activate_counts", activate_counts, METH_NOARGS,
@@ -2639,7 +2631,7 @@ PyInit__request(void)
         {&A.s_protect_active, "protect_active"}, {&A.s_router, "router"}, {&A.s_every, "every"},
         {&A.s_response_timeout_s, "response_timeout_s"}, {&A.s_selector, "selector"}, {&A.s_pick, "pick"},
         {&A.s_fail_request, "fail_request"}, {&A.s_pools, "pools"}, {&A.s_get, "get"},
-        {&A.s_pool_for, "pool_for"}, {&A.s_add, "add"}, {&A.s_in_flight, "in_flight"}, {&A.s_loop, "loop"},
+        {&A.s_pool_for, "pool_for"}, {&A.s_add, "add"}, {&A.s_loop, "loop"},
         {&A.s_create_task, "create_task"}, {&A.s_connect, "_connect"}, {&A.s_pop, "pop"},
         {&A.s_is_closing, "is_closing"}, {&A.s_peer_closed, "peer_closed"}, {&A.s_close, "close"},
         {&A.s_write, "write"}, {&A.s_deadlines, "deadlines"}, {&A.s_answer, "_answer"},

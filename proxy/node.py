@@ -464,11 +464,12 @@ if _head_complete_c is not None:
 # every case that is not its common one: see _request.c).
 def _setup_activate_c(c: Any) -> None:
     from .balance import cluster
+    from .balance.pool import RegionPool
     from .exchange import Exchange
     from .snapshot import Route
     from .upstream import UpstreamConnection
     c.setup_activate(Downstream, Exchange, RequestContext, Backend, BackendPool, UpstreamConnection,
-                     Route, Snapshot, (Downstream._activate, Node.dispatch, Exchange.start, Exchange._attach,
+                     Route, RegionPool, Snapshot, (Downstream._activate, Node.dispatch, Exchange.start, Exchange._attach,
                                        Exchange._arm_response_timer, BackendPool.take_idle,
                                        UpstreamConnection.usable, cluster.on_start))
 
