@@ -1,6 +1,8 @@
 /* proxy._request: the request head's completion in C: Downstream.on_url,
  * on_message_begin, on_headers_complete, on_message_complete and
- * Node.head_complete's common case.
+ * Node.head_complete's common case; then, for a plain request, what runs
+ * up to the upstream write (Downstream._activate, Node.dispatch,
+ * Exchange.start, ...: see "Downstream._activate and what it calls").
  *
  * Why C: together these cost ~2 us of Python per request (synthetic
  * harness, /tmp/prof/synth.py): a dozen attribute reads and writes, the
@@ -1596,7 +1598,9 @@ setup_node(PyObject *module, PyObject *args)
  * it, calling what Python calls. Not checked: a module rebinding the
  * builtins isinstance or tuple (start's `isinstance(choice, tuple)`).
  * A Snapshot's router and response_timeout_s are read once per Snapshot
- * (frozen; as new_exchange reads its limits).
+ * (frozen; as new_exchange reads its limits); the module globals read
+ * (WAITING, IDEMPOTENT, on_start, CONNECTING, STALE_CHECK_AFTER_S, SENT,
+ * UNFED) are kept with their module dict's version, as LOAD_GLOBAL keeps them.
  * tests/unit/test_activate_c.py runs a real node twice, with this and with
  * the Python, and compares what each leaves. */
 
