@@ -1,6 +1,8 @@
 /* proxy._request: the request head's completion in C: Downstream.on_url,
  * on_message_begin, on_headers_complete, on_message_complete and
- * Node.head_complete's common case.
+ * Node.head_complete's common case; then, for a plain request, what runs
+ * up to the upstream write (Downstream._activate, Node.dispatch,
+ * Exchange.start, ...: see "Downstream._activate and what it calls").
  *
  * Why C: together these cost ~2 us of Python per request (synthetic
  * harness, /tmp/prof/synth.py): a dozen attribute reads and writes, the
@@ -366,6 +368,8 @@ headers_complete(PyObject *self, PyObject *ex, PyObject *parser)
     return headers_complete_with(self, ex, NULL, NULL, NULL);
 }
 
+static PyObject *activate(PyObject *self, PyObject *ex);
+
 /* on_headers_complete from "validates" on; with version, method and
  * keep_alive (borrowed) it first sets those as the parser's getters would */
 static PyObject *
@@ -423,10 +427,9 @@ headers_complete_with(PyObject *self, PyObject *ex, PyObject *version, PyObject 
     if (cur == NULL)
         return NULL;
     Py_DECREF(cur);
-    if (cur == Py_None) {
-        PyObject *b[3] = {self, ex, Py_True};   /* self._activate(ex, parsing=True), as Python calls it */
-        v = PyObject_VectorcallMethod(s_activate, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_parsing);
-    } else {
+    if (cur == Py_None)
+        v = activate(self, ex);   /* self._activate(ex, parsing=True) */
+    else {
         if (eset(ex, E_STATE, Py_NewRef(S.waiting)) < 0)
             return NULL;
         PyObject *queue = dget(self, D_QUEUE);
@@ -1560,6 +1563,1010 @@ setup_node(PyObject *module, PyObject *args)
     return descr;
 }
 
+
+/* -- Downstream._activate and what it calls, for a plain request ----------------------
+ * From on_headers_complete (C) with no request being answered, Python runs
+ * Downstream._activate(ex, parsing=True) -> Node.dispatch -> Exchange.start
+ * -> (cluster.on_start, BackendPool.take_idle -> UpstreamConnection.usable)
+ * -> Exchange._attach -> Exchange._arm_response_timer: eight frames, ~350
+ * bytecodes, ~0.8 us of a request's ~7 us (synthetic cycle, /tmp/prof).
+ * Here each of those methods is done in C, as a transliteration of its
+ * Python: the same reads and writes in the same order, with what Python
+ * calls (selector.pick, transport.write, transport.is_closing, peer_closed,
+ * close, fail_request, _answer, continue_100, pool_for, node.now,
+ * loop.create_task, _connect) called as Python calls it, and state read
+ * again after each such call where Python reads it again.
+ *
+ * Each method is inlined only while it is the function setup_activate was
+ * given (Downstream, Exchange, BackendPool and UpstreamConnection's by their
+ * type's version tag; Node.dispatch as the node finds it, an instance
+ * attribute included; exchange.on_start as the module global) and its self
+ * is exactly its class; else it is called. Each inlined method first checks
+ * its own common case, before changing anything, and otherwise calls the
+ * Python function (the reference) with the same arguments:
+ *   _activate:  ex an Exchange; ex.pending_body an empty list (nothing
+ *               held from the pipeline queue); WAITING defined;
+ *   dispatch:   ex.ctx a RequestContext; node.hooks.protect_active False;
+ *               node.snapshot.router.every a Route (the single catch-all);
+ *   start:      ex.ctx a RequestContext;
+ *   take_idle:  (none: it is all done here);
+ *   _attach:    conn an UpstreamConnection with a transport; not
+ *               ex.host_missing; not ex.down.write_paused (a Downstream);
+ *               ex.pending_body an empty list; SENT and UNFED defined.
+ * The rest (a failure tuple from pick, a 413, an Expect, an empty pool,
+ * stale or closed idle connections, a retry) is done here as Python does
+ * it, calling what Python calls. Not checked: a module rebinding the
+ * builtins isinstance or tuple (start's `isinstance(choice, tuple)`).
+ * A Snapshot's router and response_timeout_s are read once per Snapshot
+ * (frozen; as new_exchange reads its limits); the module globals read
+ * (WAITING, IDEMPOTENT, on_start, CONNECTING, STALE_CHECK_AFTER_S, SENT,
+ * UNFED) are kept with their module dict's version, as LOAD_GLOBAL keeps them.
+ * tests/unit/test_activate_c.py runs a real node twice, with this and with
+ * the Python, and compares what each leaves. */
+
+enum { T_DOWN, T_EX, T_CTX, T_BACKEND, T_POOL, T_CONN, T_ROUTE, T_RPOOL, N_T };
+enum { AD_CURRENT, AD_REQUESTS, AD_NODE, AD_WRITE_PAUSED, AD_LAST_ACTIVE,
+       AE_PENDING_BODY, AE_STATE, AE_CTX, AE_NODE, AE_TRIED, AE_BACKEND, AE_POOL, AE_ATTEMPT_START,
+       AE_ACCOUNTED, AE_REUSED, AE_UP, AE_RESP_PARSER, AE_HOST_MISSING, AE_WANT_UPGRADE,
+       AE_BODY_COMPLETE, AE_EXPECT, AE_DECLARED_LEN, AE_CHUNKED, AE_MAX_BODY, AE_LAST_FAILURE,
+       AE_DOWN, AE_REQ_HEAD, AE_TIMER,
+       AC_ROUTE, AC_IS_WRITE, AC_METHOD, AC_BACKEND, AC_REGION, AC_UPSTREAM_START, AC_RETRIES,
+       AB_ID, AB_REGION, AB_POOL, AB_IN_FLIGHT,
+       AP_IDLE, AP_BUSY, AP_REUSED,
+       AU_CLOSED, AU_EOF, AU_TRANSPORT, AU_IDLE_SINCE, AU_EXCHANGE,
+       AR_WRITE, AR_MAX_BODY, ARP_IN_FLIGHT, N_A };
+static const struct { int type; const char *name; } a_defs[N_A] = {
+    {T_DOWN, "current"}, {T_DOWN, "requests"}, {T_DOWN, "node"}, {T_DOWN, "write_paused"},
+    {T_DOWN, "last_active"},
+    {T_EX, "pending_body"}, {T_EX, "state"}, {T_EX, "ctx"}, {T_EX, "node"}, {T_EX, "tried"},
+    {T_EX, "backend"}, {T_EX, "pool"}, {T_EX, "attempt_start"}, {T_EX, "accounted"}, {T_EX, "reused"},
+    {T_EX, "up"}, {T_EX, "resp_parser"}, {T_EX, "host_missing"}, {T_EX, "want_upgrade"},
+    {T_EX, "body_complete"}, {T_EX, "expect"}, {T_EX, "declared_len"}, {T_EX, "chunked"},
+    {T_EX, "max_body"}, {T_EX, "last_failure"}, {T_EX, "down"}, {T_EX, "req_head"}, {T_EX, "timer"},
+    {T_CTX, "route"}, {T_CTX, "is_write"}, {T_CTX, "method"}, {T_CTX, "backend"}, {T_CTX, "region"},
+    {T_CTX, "upstream_start"}, {T_CTX, "retries"},
+    {T_BACKEND, "id"}, {T_BACKEND, "region"}, {T_BACKEND, "pool"}, {T_BACKEND, "in_flight"},
+    {T_POOL, "idle"}, {T_POOL, "busy"}, {T_POOL, "reused"},
+    {T_CONN, "closed"}, {T_CONN, "eof"}, {T_CONN, "transport"}, {T_CONN, "idle_since"},
+    {T_CONN, "exchange"},
+    {T_ROUTE, "write"}, {T_ROUTE, "max_body"}, {T_RPOOL, "in_flight"}};
+
+/* the inlined methods, by the function each must still be */
+enum { F_ACTIVATE, F_DISPATCH, F_START, F_ATTACH, F_ARM, F_TAKE_IDLE, F_USABLE, F_ON_START, N_FN };
+static const char *fn_names[N_FN] = {"_activate", "dispatch", "start", "_attach", "_arm_response_timer",
+                                     "take_idle", "usable", "on_start"};
+
+/* a class whose methods[] must be the ones setup saw (by version tag, then its dict) */
+typedef struct {
+    PyTypeObject *type;
+    unsigned int tag;
+    int n;
+    PyObject *names[1], *funcs[1];   /* borrowed from A.fname / A.fn */
+} Watch;
+enum { W_DOWN, W_START, W_ATTACH, W_ARM, W_POOL, W_CONN, N_W };
+
+/* Which seams run in C (counted, for the tests): the inlined methods */
+enum { C_ACTIVATE, C_DISPATCH, C_START, C_TAKE_IDLE, C_USABLE, C_ATTACH, C_ARM, C_ON_START, N_C };
+
+static struct {
+    int ready, enabled;
+    PyTypeObject *type[N_T];
+    PyTypeObject *snap_type;
+    Py_ssize_t off[N_A];
+    PyObject *name[N_A];
+    PyObject *fn[N_FN], *fname[N_FN];
+    Watch w[N_W];
+    PyObject *last_snap, *last_router, *last_timeout;   /* owned: the last Snapshot's, read once */
+    unsigned long long count[N_C];
+    PyObject *s_hooks,
+        *s_protect_active, *s_router, *s_every, *s_response_timeout_s, *s_selector, *s_pick,
+        *s_fail_request, *s_pools, *s_get, *s_pool_for, *s_add, *s_loop, *s_create_task,
+        *s_connect, *s_pop, *s_is_closing, *s_peer_closed, *s_close, *s_write, *s_deadlines,
+        *s_answer, *s_continue_100, *i_413;
+} A;
+
+static int
+watch_ok(Watch *w)
+{
+    if (tag_current(w->type, w->tag))
+        return 1;
+    if (!type_holds(w->type, w->names, w->funcs, w->n))
+        return 0;
+    w->tag = type_tag(w->type, w->names[0]);
+    return 1;
+}
+
+/* o.<attr i>, owned: the slot for an object of its exact class, else as Python reads it */
+static PyObject *
+aget(PyObject *o, int i)
+{
+    if (Py_TYPE(o) == A.type[a_defs[i].type]) {
+        PyObject *v = SLOT(o, A.off[i]);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(o, A.name[i]);
+}
+
+/* o.<attr i> = v, stealing v; -1 on an error */
+static int
+aset(PyObject *o, int i, PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    if (Py_TYPE(o) == A.type[a_defs[i].type]) {
+        slot_set(o, A.off[i], v);
+        return 0;
+    }
+    int r = PyObject_SetAttr(o, A.name[i], v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* `if v:` (v owned, released): 1, 0, -1 */
+static int
+truth_drop(PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    int t = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* o.<attr i> += 1 */
+static int
+aincr(PyObject *o, int i)
+{
+    PyObject *v = aget(o, i);
+    if (v == NULL)
+        return -1;
+    PyObject *n = PyNumber_InPlaceAdd(v, i_one);
+    Py_DECREF(v);
+    return aset(o, i, n);
+}
+
+/* obj.name(args...): a[0] is obj; the result dropped; -1 on an error */
+static int
+callm(PyObject *name, PyObject **a, size_t n)
+{
+    PyObject *r = PyObject_VectorcallMethod(name, a, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* the Python function fn(a...), the result dropped */
+static int
+callf(PyObject *fn, PyObject **a, size_t n)
+{
+    PyObject *r = PyObject_Vectorcall(fn, a, n, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The module globals the methods read (WAITING, IDEMPOTENT, ...): looked up
+ * as LOAD_GLOBAL does, each kept with its module dict's version, as
+ * LOAD_GLOBAL's own cache keeps it (a dict's version changes with any change
+ * to it; the value is borrowed from the dict while it does not). */
+enum { G_WAITING, G_IDEMPOTENT, G_ON_START, G_CONNECTING, G_STALE, G_SENT, G_UNFED, N_G };
+static const struct { int fn; const char *name; } g_defs[N_G] = {
+    {F_ACTIVATE, "WAITING"}, {F_DISPATCH, "IDEMPOTENT"}, {F_START, "on_start"}, {F_START, "CONNECTING"},
+    {F_TAKE_IDLE, "STALE_CHECK_AFTER_S"}, {F_ATTACH, "SENT"}, {F_ATTACH, "UNFED"}};
+static struct {
+    PyObject *name;
+    PyObject *dict;       /* borrowed: the function's __globals__ (the function is A's) */
+    uint64_t version;
+    PyObject *value;      /* borrowed from dict */
+} G[N_G];
+
+#if PY_VERSION_HEX < 0x030C0000
+#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+#endif
+
+/* global g, borrowed, when the module defines it; NULL (no error set) when not */
+static PyObject *
+gget(int g)
+{
+    PyObject *d = PyFunction_GET_GLOBALS(A.fn[g_defs[g].fn]);
+#ifdef DICT_VERSION
+    if (G[g].dict == d && G[g].version == DICT_VERSION(d))
+        return G[g].value;
+#endif
+    PyObject *v = PyDict_GetItemWithError(d, G[g].name);
+    if (v == NULL) {
+        PyErr_Clear();
+        G[g].dict = NULL;
+        return NULL;
+    }
+#ifdef DICT_VERSION
+    G[g].dict = d;
+    G[g].version = DICT_VERSION(d);
+    G[g].value = v;
+#endif
+    return v;
+}
+
+/* global g, owned, as LOAD_GLOBAL finds it (the builtins, or a NameError) */
+static PyObject *
+gload(int g)
+{
+    PyObject *v = gget(g);
+    if (v != NULL)
+        return Py_NewRef(v);
+    return global(PyFunction_GET_GLOBALS(A.fn[g_defs[g].fn]), G[g].name);
+}
+
+/* set.add(v) for a set s (a set exactly: PySet_Add, which is what add does) */
+static int
+set_add(PyObject *s, PyObject *v)
+{
+    if (PySet_CheckExact(s))
+        return PySet_Add(s, v);
+    PyObject *a[2] = {s, v};
+    return callm(A.s_add, a, 2);
+}
+
+/* snapshot.router and snapshot.response_timeout_s (which: 0, 1), owned: a
+ * Snapshot's read once */
+static PyObject *
+snap_attr(PyObject *snap, int which)
+{
+    if (snap != A.last_snap || snap == NULL) {
+        if (A.snap_type == NULL || Py_TYPE(snap) != A.snap_type)
+            return PyObject_GetAttr(snap, which ? A.s_response_timeout_s : A.s_router);
+        PyObject *router = PyObject_GetAttr(snap, A.s_router);
+        if (router == NULL)
+            return NULL;
+        PyObject *timeout = PyObject_GetAttr(snap, A.s_response_timeout_s);
+        if (timeout == NULL) {
+            Py_DECREF(router);
+            return NULL;
+        }
+        Py_XSETREF(A.last_snap, Py_NewRef(snap));
+        Py_XSETREF(A.last_router, router);
+        Py_XSETREF(A.last_timeout, timeout);
+    }
+    return Py_NewRef(which ? A.last_timeout : A.last_router);
+}
+
+static int act_dispatch(PyObject *node, PyObject *down, PyObject *ex);
+static int act_start(PyObject *ex, PyObject *now);
+static PyObject *act_take_idle(PyObject *pool, PyObject *now);
+static int act_attach(PyObject *ex, PyObject *conn, PyObject *now);
+static int act_arm(PyObject *ex, PyObject *now);
+
+/* Downstream._activate(ex, parsing=True), self a Downstream whose _activate is the original */
+static int
+act_activate(PyObject *self, PyObject *ex)
+{
+    PyObject *pb = Py_TYPE(ex) == A.type[T_EX] ? SLOT(ex, A.off[AE_PENDING_BODY]) : NULL;
+    PyObject *waiting = gget(G_WAITING);
+    if (pb == NULL || !PyList_CheckExact(pb) || PyList_GET_SIZE(pb) != 0 || waiting == NULL) {
+        PyObject *a[3] = {self, ex, Py_True};
+        PyObject *r = PyObject_Vectorcall(A.fn[F_ACTIVATE], a, 2, kw_parsing);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    Py_INCREF(waiting);   /* (a slot's old value released below could run code) */
+    /* self.current = ex; self.requests += 1; (held: None); ex.state = WAITING */
+    slot_put(self, A.off[AD_CURRENT], ex);
+    if (aincr(self, AD_REQUESTS) < 0) {
+        Py_DECREF(waiting);
+        return -1;
+    }
+    if (aset(ex, AE_STATE, waiting) < 0)
+        return -1;
+    /* self.node.dispatch(self, ex) */
+    PyObject *node = aget(self, AD_NODE), *m = NULL;
+    if (node == NULL)
+        return -1;
+    int r;
+#if PY_VERSION_HEX < 0x030D0000
+    int unbound = _PyObject_GetMethod(node, A.fname[F_DISPATCH], &m);
+#else
+    int unbound = 0;
+    m = PyObject_GetAttr(node, A.fname[F_DISPATCH]);
+    if (m != NULL && PyMethod_Check(m) && PyMethod_GET_SELF(m) == node
+        && PyMethod_GET_FUNCTION(m) == A.fn[F_DISPATCH]) {
+        Py_SETREF(m, Py_NewRef(A.fn[F_DISPATCH]));
+        unbound = 1;
+    }
+#endif
+    if (m == NULL)
+        r = -1;
+    else if (unbound && m == A.fn[F_DISPATCH])
+        r = act_dispatch(node, self, ex);
+    else if (unbound) {
+        PyObject *a[3] = {node, self, ex};
+        r = callf(m, a, 3);
+    } else {
+        PyObject *a[2] = {self, ex};
+        r = callf(m, a, 2);
+    }
+    Py_XDECREF(m);
+    Py_DECREF(node);
+    /* the rest of _activate: nothing held to replay; parsing, so no request_done */
+    if (r == 0)
+        A.count[C_ACTIVATE]++;
+    return r;
+}
+
+/* Node.dispatch(down, ex), node's own */
+static int
+act_dispatch(PyObject *node, PyObject *down, PyObject *ex)
+{
+    PyObject *ctx = NULL, *hooks = NULL, *prot = NULL, *snap = NULL, *router = NULL, *route = NULL;
+    int r = -1, inlined = 0;
+    if ((ctx = aget(ex, AE_CTX)) == NULL)
+        goto done;
+    if (Py_TYPE(ctx) != A.type[T_CTX])
+        goto python;   /* (None: Python's assert) */
+    if ((hooks = PyObject_GetAttr(node, A.s_hooks)) == NULL
+        || (prot = PyObject_GetAttr(hooks, A.s_protect_active)) == NULL)
+        goto done;
+    if (prot != Py_False)
+        goto python;   /* the protect phase's hooks */
+    if ((snap = PyObject_GetAttr(node, s_snapshot)) == NULL || (router = snap_attr(snap, 0)) == NULL
+        || (route = PyObject_GetAttr(router, A.s_every)) == NULL)
+        goto done;
+    if (Py_TYPE(route) != A.type[T_ROUTE])
+        goto python;   /* (None: router.match) */
+    inlined = 1;
+    /* ctx.route = route */
+    if (aset(ctx, AC_ROUTE, Py_NewRef(route)) < 0)
+        goto done;
+    /* ctx.is_write = route.write if route.write is not None else ctx.method not in IDEMPOTENT */
+    {
+        PyObject *w = aget(route, AR_WRITE), *is_write;
+        if (w == NULL)
+            goto done;
+        if (w != Py_None)
+            is_write = w;
+        else {
+            Py_DECREF(w);
+            PyObject *method = aget(ctx, AC_METHOD), *idem = NULL;
+            if (method == NULL || (idem = gload(G_IDEMPOTENT)) == NULL) {
+                Py_XDECREF(method);
+                goto done;
+            }
+            int c = PySequence_Contains(idem, method);
+            Py_DECREF(method);
+            Py_DECREF(idem);
+            if (c < 0)
+                goto done;
+            is_write = Py_NewRef(c ? Py_False : Py_True);
+        }
+        if (aset(ctx, AC_IS_WRITE, is_write) < 0)
+            goto done;
+    }
+    /* ex.max_body = route.max_body */
+    if (aset(ex, AE_MAX_BODY, aget(route, AR_MAX_BODY)) < 0)
+        goto done;
+    /* if ex.declared_len > route.max_body: self._answer(down, ex, 413, f"request body over {route.max_body} bytes") */
+    {
+        PyObject *dl = aget(ex, AE_DECLARED_LEN), *mb;
+        if (dl == NULL)
+            goto done;
+        if ((mb = aget(route, AR_MAX_BODY)) == NULL) {
+            Py_DECREF(dl);
+            goto done;
+        }
+        int gt = PyObject_RichCompareBool(dl, mb, Py_GT);
+        Py_DECREF(dl);
+        Py_DECREF(mb);
+        if (gt < 0)
+            goto done;
+        if (gt) {
+            PyObject *mb2 = aget(route, AR_MAX_BODY), *f = NULL, *msg = NULL;
+            if (mb2 != NULL && (f = PyObject_Format(mb2, u_empty)) != NULL)
+                msg = PyUnicode_FromFormat("request body over %U bytes", f);
+            Py_XDECREF(mb2);
+            Py_XDECREF(f);
+            if (msg == NULL)
+                goto done;
+            PyObject *a[5] = {node, down, ex, A.i_413, msg};
+            r = callm(A.s_answer, a, 5);
+            Py_DECREF(msg);
+            goto done;
+        }
+    }
+    /* if ex.expect is not None and (ex.declared_len > 0 or ex.chunked): ex.continue_100() */
+    {
+        PyObject *expect = aget(ex, AE_EXPECT);
+        if (expect == NULL)
+            goto done;
+        Py_DECREF(expect);
+        if (expect != Py_None) {
+            PyObject *dl = aget(ex, AE_DECLARED_LEN);
+            if (dl == NULL)
+                goto done;
+            int t = PyObject_RichCompareBool(dl, i_zero, Py_GT);
+            Py_DECREF(dl);
+            if (t == 0)
+                t = truth_drop(aget(ex, AE_CHUNKED));
+            if (t < 0)
+                goto done;
+            if (t) {
+                PyObject *a[1] = {ex};
+                if (callm(A.s_continue_100, a, 1) < 0)
+                    goto done;
+            }
+        }
+    }
+    /* ex.start(down.last_active) */
+    {
+        int own = watch_ok(&A.w[W_START]);
+        PyObject *now = aget(down, AD_LAST_ACTIVE);
+        if (now == NULL)
+            goto done;
+        if (own)
+            r = act_start(ex, now);
+        else {
+            PyObject *a[2] = {ex, now};
+            r = callm(A.fname[F_START], a, 2);
+        }
+        Py_DECREF(now);
+    }
+    goto done;
+python:
+    {
+        PyObject *a[3] = {node, down, ex};
+        r = callf(A.fn[F_DISPATCH], a, 3);
+    }
+done:
+    if (inlined && r == 0)
+        A.count[C_DISPATCH]++;
+    Py_XDECREF(ctx);
+    Py_XDECREF(hooks);
+    Py_XDECREF(prot);
+    Py_XDECREF(snap);
+    Py_XDECREF(router);
+    Py_XDECREF(route);
+    return r;
+}
+
+/* cluster.on_start(b), the original */
+static int
+act_on_start(PyObject *b)
+{
+    /* b.in_flight += 1; p = b.pool; if p is not None: p.in_flight += 1 */
+    if (aincr(b, AB_IN_FLIGHT) < 0)
+        return -1;
+    PyObject *p = aget(b, AB_POOL);
+    if (p == NULL)
+        return -1;
+    int r = 0;
+    if (p != Py_None)
+        r = aincr(p, ARP_IN_FLIGHT);
+    Py_DECREF(p);
+    if (r == 0)
+        A.count[C_ON_START]++;
+    return r;
+}
+
+/* Exchange.start(now), ex an Exchange whose start is the original */
+static int
+act_start(PyObject *ex, PyObject *now_arg)
+{
+    PyObject *node = NULL, *ctx = NULL, *now = Py_NewRef(now_arg), *sel = NULL, *tried = NULL, *choice = NULL,
+        *pool = NULL, *conn = NULL;
+    int r = -1, t, inlined = 0;
+    if ((node = aget(ex, AE_NODE)) == NULL || (ctx = aget(ex, AE_CTX)) == NULL)
+        goto done;
+    if (Py_TYPE(ctx) != A.type[T_CTX]) {
+        PyObject *a[2] = {ex, now};
+        r = callf(A.fn[F_START], a, 2);   /* (None: Python's assert) */
+        goto done;
+    }
+    inlined = 1;
+    /* if not now: now = node.now() */
+    if ((t = PyFloat_CheckExact(now) ? PyFloat_AS_DOUBLE(now) != 0.0 : PyObject_IsTrue(now)) < 0)
+        goto done;
+    if (!t) {
+        Py_SETREF(now, call_method0(node, s_now));
+        if (now == NULL)
+            goto done;
+    }
+    /* choice = node.selector.pick(ctx, self.tried, now) */
+    if ((sel = PyObject_GetAttr(node, A.s_selector)) == NULL || (tried = aget(ex, AE_TRIED)) == NULL)
+        goto done;
+    {
+        PyObject *a[4] = {sel, ctx, tried, now};
+        if ((choice = PyObject_VectorcallMethod(A.s_pick, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)) == NULL)
+            goto done;
+    }
+    /* isinstance(choice, tuple) */
+    if ((t = PyTuple_CheckExact(choice) ? 1 : Py_TYPE(choice) == A.type[T_BACKEND] ? 0
+             : PyObject_IsInstance(choice, (PyObject *)&PyTuple_Type)) < 0)
+        goto done;
+    if (t) {
+        /* status, reason = self.last_failure or choice; self.down.fail_request(self, status, reason) */
+        PyObject *lf = aget(ex, AE_LAST_FAILURE), *sr[2], *down;
+        if (lf == NULL)
+            goto done;
+        if ((t = lf == Py_None ? 0 : PyObject_IsTrue(lf)) < 0) {
+            Py_DECREF(lf);
+            goto done;
+        }
+        t = unpack(t ? lf : choice, 2, sr);
+        Py_DECREF(lf);
+        if (t < 0)
+            goto done;
+        if ((down = aget(ex, AE_DOWN)) != NULL) {
+            PyObject *a[4] = {down, ex, sr[0], sr[1]};
+            r = callm(A.s_fail_request, a, 4);
+            Py_DECREF(down);
+        }
+        Py_DECREF(sr[0]);
+        Py_DECREF(sr[1]);
+        goto done;
+    }
+    PyObject *backend = choice;
+    /* self.backend = backend; self.tried.add(backend.id); ctx.backend = backend.id; ctx.region = backend.region */
+    if (aset(ex, AE_BACKEND, Py_NewRef(backend)) < 0)
+        goto done;
+    Py_SETREF(tried, aget(ex, AE_TRIED));
+    if (tried == NULL)
+        goto done;
+    {
+        PyObject *id = aget(backend, AB_ID);
+        if (id == NULL)
+            goto done;
+        t = set_add(tried, id);
+        Py_DECREF(id);
+        if (t < 0)
+            goto done;
+    }
+    if (aset(ctx, AC_BACKEND, aget(backend, AB_ID)) < 0 || aset(ctx, AC_REGION, aget(backend, AB_REGION)) < 0)
+        goto done;
+    /* pool = node.pools.get(backend.id) or node.pool_for(backend) */
+    {
+        PyObject *pools = PyObject_GetAttr(node, A.s_pools), *id;
+        if (pools == NULL)
+            goto done;
+        if ((id = aget(backend, AB_ID)) == NULL) {
+            Py_DECREF(pools);
+            goto done;
+        }
+        if (PyDict_CheckExact(pools)) {
+            pool = PyDict_GetItemWithError(pools, id);
+            if (pool == NULL && !PyErr_Occurred())
+                pool = Py_None;
+            Py_XINCREF(pool);
+        } else {
+            PyObject *a[2] = {pools, id};
+            pool = PyObject_VectorcallMethod(A.s_get, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        Py_DECREF(pools);
+        Py_DECREF(id);
+        if (pool == NULL)
+            goto done;
+        if ((t = pool == Py_None ? 0 : PyObject_IsTrue(pool)) < 0)
+            goto done;
+        if (!t) {
+            PyObject *a[2] = {node, backend};
+            Py_SETREF(pool, PyObject_VectorcallMethod(A.s_pool_for, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
+            if (pool == NULL)
+                goto done;
+        }
+    }
+    /* self.pool = pool; self.attempt_start = now; if ctx.upstream_start == 0.0: ctx.upstream_start = now */
+    if (aset(ex, AE_POOL, Py_NewRef(pool)) < 0 || aset(ex, AE_ATTEMPT_START, Py_NewRef(now)) < 0)
+        goto done;
+    {
+        PyObject *us = aget(ctx, AC_UPSTREAM_START);
+        if (us == NULL)
+            goto done;
+        t = PyFloat_CheckExact(us) ? PyFloat_AS_DOUBLE(us) == 0.0 : PyObject_RichCompareBool(us, f_zero, Py_EQ);
+        Py_DECREF(us);
+        if (t < 0 || (t && aset(ctx, AC_UPSTREAM_START, Py_NewRef(now)) < 0))
+            goto done;
+    }
+    /* on_start(backend) */
+    {
+        PyObject *os = gload(G_ON_START);
+        if (os == NULL)
+            goto done;
+        if (os == A.fn[F_ON_START])
+            t = act_on_start(backend);
+        else {
+            PyObject *a[1] = {backend};
+            t = callf(os, a, 1);
+        }
+        Py_DECREF(os);
+        if (t < 0)
+            goto done;
+    }
+    /* self.accounted = False */
+    if (aset(ex, AE_ACCOUNTED, Py_NewRef(Py_False)) < 0)
+        goto done;
+    /* fresh_only = ctx.retries > 0 and self.reused */
+    {
+        PyObject *rt = aget(ctx, AC_RETRIES);
+        if (rt == NULL)
+            goto done;
+        t = PyObject_RichCompareBool(rt, i_zero, Py_GT);
+        Py_DECREF(rt);
+        if (t > 0)
+            t = truth_drop(aget(ex, AE_REUSED));
+        if (t < 0)
+            goto done;
+    }
+    /* conn = None if fresh_only else pool.take_idle(now) */
+    if (t)
+        conn = Py_NewRef(Py_None);
+    else if (Py_TYPE(pool) == A.type[T_POOL] && watch_ok(&A.w[W_POOL]))
+        conn = act_take_idle(pool, now);
+    else {
+        PyObject *a[2] = {pool, now};
+        conn = PyObject_VectorcallMethod(A.fname[F_TAKE_IDLE], a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (conn == NULL)
+        goto done;
+    /* self.reused = conn is not None */
+    if (aset(ex, AE_REUSED, Py_NewRef(conn != Py_None ? Py_True : Py_False)) < 0)
+        goto done;
+    if (conn != Py_None) {
+        /* self._attach(conn, now) */
+        if (watch_ok(&A.w[W_ATTACH]))
+            r = act_attach(ex, conn, now);
+        else {
+            PyObject *a[3] = {ex, conn, now};
+            r = callm(A.fname[F_ATTACH], a, 3);
+        }
+        goto done;
+    }
+    /* self.state = CONNECTING; node.loop.create_task(self._connect(pool)) */
+    {
+        PyObject *connecting = gload(G_CONNECTING), *loop, *ct, *coro;
+        if (connecting == NULL || aset(ex, AE_STATE, connecting) < 0)
+            goto done;
+        if ((loop = PyObject_GetAttr(node, A.s_loop)) == NULL)
+            goto done;
+        ct = PyObject_GetAttr(loop, A.s_create_task);
+        Py_DECREF(loop);
+        if (ct == NULL)
+            goto done;
+        PyObject *a[2] = {ex, pool};
+        coro = PyObject_VectorcallMethod(A.s_connect, a, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (coro != NULL) {
+            PyObject *b[1] = {coro};
+            r = callf(ct, b, 1);
+            Py_DECREF(coro);
+        }
+        Py_DECREF(ct);
+    }
+done:
+    if (inlined && r == 0)
+        A.count[C_START]++;
+    Py_XDECREF(node);
+    Py_XDECREF(ctx);
+    Py_XDECREF(now);
+    Py_XDECREF(sel);
+    Py_XDECREF(tried);
+    Py_XDECREF(choice);
+    Py_XDECREF(pool);
+    Py_XDECREF(conn);
+    return r;
+}
+
+/* UpstreamConnection.usable(), conn one whose usable is the original: 1, 0, -1 */
+static int
+act_usable(PyObject *conn)
+{
+    /* not (self.closed or self.eof or self.transport is None or self.transport.is_closing()) */
+    int t = truth_drop(aget(conn, AU_CLOSED));
+    if (t == 0)
+        t = truth_drop(aget(conn, AU_EOF));
+    if (t == 0) {
+        PyObject *tr = aget(conn, AU_TRANSPORT);
+        if (tr == NULL)
+            return -1;
+        if (tr == Py_None)
+            t = 1;
+        else {
+            Py_SETREF(tr, aget(conn, AU_TRANSPORT));
+            if (tr == NULL)
+                return -1;
+            PyObject *a[1] = {tr};
+            t = truth_drop(PyObject_VectorcallMethod(A.s_is_closing, a, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
+        }
+        Py_DECREF(tr);
+    }
+    if (t < 0)
+        return -1;
+    A.count[C_USABLE]++;
+    return !t;
+}
+
+/* BackendPool.take_idle(now), pool one whose take_idle is the original: the
+ * connection or None, owned; NULL on an error */
+static PyObject *
+act_take_idle(PyObject *pool, PyObject *now)
+{
+    PyObject *idle = aget(pool, AP_IDLE);
+    if (idle == NULL)
+        return NULL;
+    PyObject *r = NULL;
+    for (;;) {
+        /* while idle: conn = idle.pop() */
+        int t = PyObject_IsTrue(idle);
+        if (t < 0)
+            goto done;
+        if (!t)
+            break;
+        PyObject *a[1] = {idle};
+        PyObject *conn = PyObject_VectorcallMethod(A.s_pop, a, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (conn == NULL)
+            goto done;
+        /* if conn.usable() and (now - conn.idle_since < STALE_CHECK_AFTER_S or not conn.peer_closed()) */
+        if (Py_TYPE(conn) == A.type[T_CONN] && watch_ok(&A.w[W_CONN]))
+            t = act_usable(conn);
+        else {
+            PyObject *b[1] = {conn};
+            t = truth_drop(PyObject_VectorcallMethod(A.fname[F_USABLE], b, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
+        }
+        if (t > 0) {
+            PyObject *since = aget(conn, AU_IDLE_SINCE), *stale = NULL;
+            if (since == NULL || (stale = gload(G_STALE)) == NULL)
+                t = -1;
+            else if (PyFloat_CheckExact(now) && PyFloat_CheckExact(since) && PyFloat_CheckExact(stale))
+                t = PyFloat_AS_DOUBLE(now) - PyFloat_AS_DOUBLE(since) < PyFloat_AS_DOUBLE(stale);
+            else {
+                PyObject *d = PyNumber_Subtract(now, since);
+                t = d == NULL ? -1 : PyObject_RichCompareBool(d, stale, Py_LT);
+                Py_XDECREF(d);
+            }
+            Py_XDECREF(since);
+            Py_XDECREF(stale);
+            if (t == 0) {
+                PyObject *b[1] = {conn};
+                t = truth_drop(PyObject_VectorcallMethod(A.s_peer_closed, b, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
+                if (t >= 0)
+                    t = !t;
+            }
+        }
+        if (t < 0) {
+            Py_DECREF(conn);
+            goto done;
+        }
+        if (t) {
+            /* self.busy.add(conn); self.reused += 1; return conn */
+            PyObject *busy = aget(pool, AP_BUSY);
+            if (busy == NULL || set_add(busy, conn) < 0 || aincr(pool, AP_REUSED) < 0) {
+                Py_XDECREF(busy);
+                Py_DECREF(conn);
+                goto done;
+            }
+            Py_DECREF(busy);
+            r = conn;
+            goto counted;
+        }
+        /* conn.close() */
+        PyObject *b[1] = {conn};
+        t = callm(A.s_close, b, 1);
+        Py_DECREF(conn);
+        if (t < 0)
+            goto done;
+    }
+    r = Py_NewRef(Py_None);
+counted:
+    A.count[C_TAKE_IDLE]++;
+done:
+    Py_DECREF(idle);
+    return r;
+}
+
+/* Exchange._attach(conn, now), ex an Exchange whose _attach is the original */
+static int
+act_attach(PyObject *ex, PyObject *conn, PyObject *now)
+{
+    PyObject *down = SLOT(ex, A.off[AE_DOWN]), *pb = SLOT(ex, A.off[AE_PENDING_BODY]);
+    PyObject *sent = gget(G_SENT), *unfed = gget(G_UNFED);
+    if (Py_TYPE(conn) != A.type[T_CONN] || SLOT(conn, A.off[AU_TRANSPORT]) == NULL
+        || SLOT(conn, A.off[AU_TRANSPORT]) == Py_None || SLOT(ex, A.off[AE_HOST_MISSING]) != Py_False
+        || down == NULL || Py_TYPE(down) != A.type[T_DOWN] || SLOT(down, A.off[AD_WRITE_PAUSED]) != Py_False
+        || pb == NULL || !PyList_CheckExact(pb) || PyList_GET_SIZE(pb) != 0 || sent == NULL || unfed == NULL) {
+        PyObject *a[3] = {ex, conn, now};
+        return callf(A.fn[F_ATTACH], a, 3);
+    }
+    Py_INCREF(sent);
+    Py_INCREF(unfed);
+    /* self.up = conn; conn.exchange = self; self.state = SENT; self.resp_parser = UNFED */
+    if (aset(ex, AE_UP, Py_NewRef(conn)) < 0 || aset(conn, AU_EXCHANGE, Py_NewRef(ex)) < 0
+        || aset(ex, AE_STATE, sent) < 0 || aset(ex, AE_RESP_PARSER, unfed) < 0)
+        return -1;
+    /* t = conn.transport; (no Host to add, the client reading, no body held:) t.write(self.req_head) */
+    PyObject *t = aget(conn, AU_TRANSPORT), *head;
+    if (t == NULL)
+        return -1;
+    if ((head = aget(ex, AE_REQ_HEAD)) == NULL) {
+        Py_DECREF(t);
+        return -1;
+    }
+    PyObject *a[2] = {t, head};
+    int r = callm(A.s_write, a, 2);
+    Py_DECREF(t);
+    Py_DECREF(head);
+    if (r < 0)
+        return -1;
+    /* if self.body_complete or self.want_upgrade: self._arm_response_timer(now) */
+    int c = truth_drop(aget(ex, AE_BODY_COMPLETE));
+    if (c == 0)
+        c = truth_drop(aget(ex, AE_WANT_UPGRADE));
+    if (c < 0)
+        return -1;
+    if (c) {
+        if (watch_ok(&A.w[W_ARM]))
+            r = act_arm(ex, now);
+        else {
+            PyObject *b[2] = {ex, now};
+            r = callm(A.fname[F_ARM], b, 2);
+        }
+    }
+    if (r == 0)
+        A.count[C_ATTACH]++;
+    return r;
+}
+
+/* Exchange._arm_response_timer(now), ex an Exchange whose method is the original */
+static int
+act_arm(PyObject *ex, PyObject *now_arg)
+{
+    /* node = self.node; self.timer = (now or node.now()) + node.snapshot.response_timeout_s */
+    PyObject *node = aget(ex, AE_NODE), *now = NULL, *snap = NULL, *rt = NULL, *timer = NULL, *dl = NULL;
+    int r = -1, t;
+    if (node == NULL)
+        return -1;
+    if ((t = PyFloat_CheckExact(now_arg) ? PyFloat_AS_DOUBLE(now_arg) != 0.0 : PyObject_IsTrue(now_arg)) < 0)
+        goto done;
+    if ((now = t ? Py_NewRef(now_arg) : call_method0(node, s_now)) == NULL
+        || (snap = PyObject_GetAttr(node, s_snapshot)) == NULL || (rt = snap_attr(snap, 1)) == NULL)
+        goto done;
+    if (PyFloat_CheckExact(now) && PyFloat_CheckExact(rt))
+        timer = PyFloat_FromDouble(PyFloat_AS_DOUBLE(now) + PyFloat_AS_DOUBLE(rt));
+    else
+        timer = PyNumber_Add(now, rt);
+    if (aset(ex, AE_TIMER, timer) < 0)
+        goto done;
+    /* node.deadlines.add(self) */
+    if ((dl = PyObject_GetAttr(node, A.s_deadlines)) == NULL || set_add(dl, ex) < 0)
+        goto done;
+    A.count[C_ARM]++;
+    r = 0;
+done:
+    Py_DECREF(node);
+    Py_XDECREF(now);
+    Py_XDECREF(snap);
+    Py_XDECREF(rt);
+    Py_XDECREF(dl);
+    return r;
+}
+
+/* self._activate(ex, parsing=True), from on_headers_complete */
+static PyObject *
+activate(PyObject *self, PyObject *ex)
+{
+    if (A.ready && A.enabled && Py_TYPE(self) == A.type[T_DOWN] && watch_ok(&A.w[W_DOWN]))
+        return act_activate(self, ex) < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *b[3] = {self, ex, Py_True};   /* as Python calls it */
+    return PyObject_VectorcallMethod(s_activate, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_parsing);
+}
+
+/* setup_activate(Downstream, Exchange, RequestContext, BackendState, BackendPool,
+ *                UpstreamConnection, Route, RegionPool, Snapshot, functions): functions, the
+ * originals of Downstream._activate, Node.dispatch, Exchange.start,
+ * Exchange._attach, Exchange._arm_response_timer, BackendPool.take_idle,
+ * UpstreamConnection.usable and cluster.on_start */
+static PyObject *
+setup_activate(PyObject *module, PyObject *args)
+{
+    PyObject *types[N_T], *snap_type, *fns;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O!O!:setup_activate", &PyType_Type, &types[T_DOWN], &PyType_Type,
+                          &types[T_EX], &PyType_Type, &types[T_CTX], &PyType_Type, &types[T_BACKEND],
+                          &PyType_Type, &types[T_POOL], &PyType_Type, &types[T_CONN], &PyType_Type,
+                          &types[T_ROUTE], &PyType_Type, &types[T_RPOOL], &PyType_Type, &snap_type,
+                          &PyTuple_Type, &fns))
+        return NULL;
+    if (!S.ready || (PyTypeObject *)types[T_DOWN] != S.down_type || (PyTypeObject *)types[T_EX] != S.ex_type) {
+        PyErr_SetString(PyExc_RuntimeError, "setup_activate: call setup_down() first, with the same classes");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(fns) != N_FN) {
+        PyErr_SetString(PyExc_TypeError, "setup_activate: 8 functions");
+        return NULL;
+    }
+    for (int i = 0; i < N_FN; i++)
+        if (!PyFunction_Check(PyTuple_GET_ITEM(fns, i))) {
+            PyErr_Format(PyExc_TypeError, "setup_activate: %s is not a Python function", fn_names[i]);
+            return NULL;
+        }
+    for (int i = 0; i < N_T; i++)
+        if (((PyTypeObject *)types[i])->tp_dictoffset != 0) {
+            PyErr_Format(PyExc_TypeError, "setup_activate: %s has a __dict__", ((PyTypeObject *)types[i])->tp_name);
+            return NULL;
+        }
+    Py_ssize_t off[N_A];
+    for (int i = 0; i < N_A; i++)
+        if (slot_offset((PyTypeObject *)types[a_defs[i].type], a_defs[i].name, &off[i]) < 0)
+            return NULL;
+    A.ready = 0;
+    for (int i = 0; i < N_A; i++) {
+        A.off[i] = off[i];
+        if (A.name[i] == NULL && (A.name[i] = PyUnicode_InternFromString(a_defs[i].name)) == NULL)
+            return NULL;
+    }
+    for (int i = 0; i < N_T; i++)
+        Py_XSETREF(A.type[i], (PyTypeObject *)Py_NewRef(types[i]));
+    Py_XSETREF(A.snap_type, (PyTypeObject *)Py_NewRef(snap_type));
+    for (int i = 0; i < N_FN; i++) {
+        if (A.fname[i] == NULL && (A.fname[i] = PyUnicode_InternFromString(fn_names[i])) == NULL)
+            return NULL;
+        Py_XSETREF(A.fn[i], Py_NewRef(PyTuple_GET_ITEM(fns, i)));
+    }
+    static const struct { int w, t, n, f[1]; } wd[N_W] = {
+        {W_DOWN, T_DOWN, 1, {F_ACTIVATE}}, {W_START, T_EX, 1, {F_START}}, {W_ATTACH, T_EX, 1, {F_ATTACH}},
+        {W_ARM, T_EX, 1, {F_ARM}},
+        {W_POOL, T_POOL, 1, {F_TAKE_IDLE}}, {W_CONN, T_CONN, 1, {F_USABLE}}};
+    for (int i = 0; i < N_W; i++) {
+        Watch *w = &A.w[wd[i].w];
+        w->type = A.type[wd[i].t];
+        w->tag = 0;
+        w->n = wd[i].n;
+        for (int k = 0; k < w->n; k++) {
+            w->names[k] = A.fname[wd[i].f[k]];
+            w->funcs[k] = A.fn[wd[i].f[k]];
+        }
+        if (!watch_ok(w)) {
+            PyErr_Format(PyExc_TypeError, "setup_activate: %s does not hold the functions given", w->type->tp_name);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < N_G; i++) {
+        if (G[i].name == NULL && (G[i].name = PyUnicode_InternFromString(g_defs[i].name)) == NULL)
+            return NULL;
+        G[i].dict = NULL;
+    }
+    Py_CLEAR(A.last_snap);
+    Py_CLEAR(A.last_router);
+    Py_CLEAR(A.last_timeout);
+    A.enabled = 1;
+    A.ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* set_activate(on): the C above on (True, the default) or off (the Python
+ * _activate always: for the tests, to compare); the previous setting */
+static PyObject *
+set_activate(PyObject *module, PyObject *on)
+{
+    int t = PyObject_IsTrue(on);
+    if (t < 0)
+        return NULL;
+    PyObject *was = PyBool_FromLong(A.enabled);
+    A.enabled = t;
+    return was;
+}
+
+static PyObject *
+activate_counts(PyObject *module, PyObject *unused)
+{
+    PyObject *d = PyDict_New();
+    static const char *names[N_C] = {"_activate", "dispatch", "start", "take_idle", "usable", "_attach",
+                                     "_arm_response_timer", "on_start"};
+    for (int i = 0; d != NULL && i < N_C; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(A.count[i]);
+        if (v == NULL || PyDict_SetItemString(d, names[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
 static PyMethodDef methods[] = {
     {"setup_down", setup_down, METH_VARARGS,
      "setup_down(Downstream, Exchange, globals, WAITING, py_on_url, py_on_message_begin, "
@@ -1570,6 +2577,13 @@ static PyMethodDef methods[] = {
     {"setup_fast", setup_fast, METH_VARARGS,
      "setup_fast(Downstream, PARSING, SPECIAL, FEED_SLICE, py_data_received[, Limits]): the C "
      "Downstream.data_received (with Limits, whose frozen values it keeps per object)."},
+    {"setup_activate", setup_activate, METH_VARARGS,
+     "setup_activate(Downstream, Exchange, RequestContext, BackendState, BackendPool, UpstreamConnection, "
+     "Route, RegionPool, Snapshot, functions): Downstream._activate and what it calls in C, from on_headers_complete."},
+    {"set_activate", set_activate, METH_O,
+     "set_activate(on): the C _activate on or off (for the tests); the previous setting."},
+    {"activate_counts", activate_counts, METH_NOARGS,
+     "activate_counts(): how often each method was done in C (for the tests)."},
     {"scan", scan, METH_O, "scan(data): what the fast path makes of a request head, or None (for the tests)."},
     {"fast_count", fast_count, METH_NOARGS, "fast_count(): heads the fast path has taken (for the tests)."},
     {"new_context", (PyCFunction)(void (*)(void))new_context, METH_FASTCALL,
@@ -1615,6 +2629,21 @@ PyInit__request(void)
     if ((kw_parsing = Py_BuildValue("(s)", "parsing")) == NULL || (f_zero = PyFloat_FromDouble(0.0)) == NULL
         || (i_zero = PyLong_FromLong(0)) == NULL || (i_one = PyLong_FromLong(1)) == NULL
         || (b_question = PyBytes_FromString("?")) == NULL || (b_via = PyBytes_FromString("1.1 novaedge")) == NULL)
+        return NULL;
+    struct { PyObject **p; const char *s; } act_names[] = {
+        {&A.s_hooks, "hooks"},
+        {&A.s_protect_active, "protect_active"}, {&A.s_router, "router"}, {&A.s_every, "every"},
+        {&A.s_response_timeout_s, "response_timeout_s"}, {&A.s_selector, "selector"}, {&A.s_pick, "pick"},
+        {&A.s_fail_request, "fail_request"}, {&A.s_pools, "pools"}, {&A.s_get, "get"},
+        {&A.s_pool_for, "pool_for"}, {&A.s_add, "add"}, {&A.s_loop, "loop"},
+        {&A.s_create_task, "create_task"}, {&A.s_connect, "_connect"}, {&A.s_pop, "pop"},
+        {&A.s_is_closing, "is_closing"}, {&A.s_peer_closed, "peer_closed"}, {&A.s_close, "close"},
+        {&A.s_write, "write"}, {&A.s_deadlines, "deadlines"}, {&A.s_answer, "_answer"},
+        {&A.s_continue_100, "continue_100"}};
+    for (size_t i = 0; i < sizeof act_names / sizeof *act_names; i++)
+        if (intern(act_names[i].p, act_names[i].s) < 0)
+            return NULL;
+    if ((A.i_413 = PyLong_FromLong(413)) == NULL)
         return NULL;
     init_classes();
     return PyModule_Create(&module);

@@ -457,4 +457,25 @@ if _head_complete_c is not None:
     Node.head_complete = _head_complete_c  # type: ignore[method-assign]
 
 
+# --- C: Downstream._activate and what it calls for a plain request (proxy/_request.c) ---
+# From on_headers_complete (C): _activate -> dispatch -> Exchange.start ->
+# on_start, take_idle -> usable, _attach -> _arm_response_timer, each done in
+# C while it is the function given here (the reference, which the C calls for
+# every case that is not its common one: see _request.c).
+def _setup_activate_c(c: Any) -> None:
+    from .balance import cluster
+    from .balance.pool import RegionPool
+    from .exchange import Exchange
+    from .snapshot import Route
+    from .upstream import UpstreamConnection
+    c.setup_activate(Downstream, Exchange, RequestContext, Backend, BackendPool, UpstreamConnection,
+                     Route, RegionPool, Snapshot, (Downstream._activate, Node.dispatch, Exchange.start, Exchange._attach,
+                                       Exchange._arm_response_timer, BackendPool.take_idle,
+                                       UpstreamConnection.usable, cluster.on_start))
+
+
+if _head_complete_c is not None:
+    attach("proxy._request", _setup_activate_c)
+
+
 __all__ = ["Node", "NodeHooks", "Listener", "Reject"]
