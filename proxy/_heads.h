@@ -306,4 +306,126 @@ type_tag(PyTypeObject *t, PyObject *any_name)
     return tag_valid(t) ? t->tp_version_tag : 0;
 }
 
+/* -- the node's slots, by offset --------------------------------------------------------
+ * Node keeps what the hot path reads in __slots__ (the rest in its __dict__,
+ * which a slot's descriptor always wins over). node_attr(node, name) reads
+ * such a slot by offset while the object is exactly the class set up with
+ * (setup_node_slots) and the class still holds the same member descriptors
+ * (one version-tag comparison until the class is assigned to); anything else
+ * is PyObject_GetAttr. `name` is compared by identity: an interned string,
+ * as every name these modules use. */
+#define NODE_SLOTS_MAX 24
+static struct {
+    PyTypeObject *type;   /* owned */
+    unsigned int tag;
+    int n;
+    PyObject *names[NODE_SLOTS_MAX], *descr[NODE_SLOTS_MAX];   /* owned */
+    Py_ssize_t off[NODE_SLOTS_MAX];
+} NodeSlots;
+
+static inline int
+node_slots_current(void)
+{
+    PyTypeObject *t = NodeSlots.type;
+    if (tag_current(t, NodeSlots.tag))
+        return 1;
+    if (!type_holds(t, NodeSlots.names, NodeSlots.descr, NodeSlots.n))
+        return 0;
+    NodeSlots.tag = type_tag(t, NodeSlots.names[0]);
+    return 1;
+}
+
+/* the slot's index, or -1: read it the generic way */
+static inline int
+node_slot(PyObject *node, PyObject *name)
+{
+    if (Py_TYPE(node) != NodeSlots.type || NodeSlots.n == 0)
+        return -1;
+    for (int i = 0; i < NodeSlots.n; i++)
+        if (NodeSlots.names[i] == name)
+            return node_slots_current() ? i : -1;
+    return -1;
+}
+
+/* node.<name>, a new reference */
+static inline PyObject *
+node_attr(PyObject *node, PyObject *name)
+{
+    int i = node_slot(node, name);
+    if (i >= 0) {
+        PyObject *v = SLOT(node, NodeSlots.off[i]);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(node, name);
+}
+
+/* node.<name> = v (v not stolen); 0 or -1 */
+static inline int
+node_set(PyObject *node, PyObject *name, PyObject *v)
+{
+    int i = node_slot(node, name);
+    if (i < 0)
+        return PyObject_SetAttr(node, name, v);
+    slot_put(node, NodeSlots.off[i], v);
+    return 0;
+}
+
+/* node.<name>(): its value called, as Python calls an instance attribute */
+static inline PyObject *
+node_call0(PyObject *node, PyObject *name)
+{
+    PyObject *f = node_attr(node, name);
+    if (f == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallNoArgs(f);
+    Py_DECREF(f);
+    return r;
+}
+
+/* setup_node_slots(Node): its object slots, each by interned name */
+static PyObject *
+setup_node_slots(PyObject *module, PyObject *type)
+{
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "setup_node_slots(Node)");
+        return NULL;
+    }
+    PyTypeObject *t = (PyTypeObject *)type;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    int n = 0;
+    PyObject *names[NODE_SLOTS_MAX], *descr[NODE_SLOTS_MAX];
+    Py_ssize_t off[NODE_SLOTS_MAX];
+    while (PyDict_Next(t->tp_dict, &pos, &key, &value)) {
+        if (!Py_IS_TYPE(value, &PyMemberDescr_Type) || ((PyMemberDescrObject *)value)->d_member->type != T_OBJECT_EX
+            || !PyUnicode_CheckExact(key))
+            continue;
+        if (n == NODE_SLOTS_MAX) {
+            PyErr_SetString(PyExc_TypeError, "setup_node_slots: too many slots");
+            return NULL;
+        }
+        Py_INCREF(key);
+        PyUnicode_InternInPlace(&key);
+        names[n] = key;
+        descr[n] = value;
+        off[n++] = ((PyMemberDescrObject *)value)->d_member->offset;
+    }
+    for (int i = 0; i < NodeSlots.n; i++) {
+        Py_CLEAR(NodeSlots.names[i]);
+        Py_CLEAR(NodeSlots.descr[i]);
+    }
+    NodeSlots.n = 0;
+    Py_INCREF(t);
+    Py_XSETREF(NodeSlots.type, t);
+    for (int i = 0; i < n; i++) {
+        NodeSlots.names[i] = names[i];   /* (the reference taken above) */
+        NodeSlots.descr[i] = Py_NewRef(descr[i]);
+        NodeSlots.off[i] = off[i];
+    }
+    NodeSlots.tag = 0;
+    NodeSlots.n = n;
+    Py_RETURN_NONE;
+}
+
 #endif

@@ -757,7 +757,7 @@ fast_callbacks(PyObject *self, const char *d, int is_head, Py_ssize_t tlen, Obj 
     PyObject *node = dget(self, D_NODE);
     if (node == NULL)
         return NULL;
-    PyObject *now = call_method0(node, s_now);   /* data_received's first step */
+    PyObject *now = node_call0(node, s_now);   /* data_received's first step */
     Py_DECREF(node);
     if (now == NULL)
         return NULL;
@@ -1191,10 +1191,10 @@ next_request_id(PyObject *node)
     if (!PyMethod_Check(m) || PyMethod_GET_FUNCTION(m) != N.next_rid || PyMethod_GET_SELF(m) != node)
         goto call;
     /* self._id_prefix + "%x" % self._ids.__next__() */
-    PyObject *prefix = PyObject_GetAttr(node, s_id_prefix);
+    PyObject *prefix = node_attr(node, s_id_prefix);
     if (prefix == NULL)
         goto fail;
-    PyObject *ids = PyObject_GetAttr(node, s_ids);
+    PyObject *ids = node_attr(node, s_ids);
     if (ids == NULL) {
         Py_DECREF(prefix);
         goto fail;
@@ -1433,14 +1433,14 @@ head_complete_c(PyObject *self, PyObject *down, PyObject *ex)
         goto done;
     /* self.started += 1 */
     {
-        PyObject *s = PyObject_GetAttr(self, s_started);
+        PyObject *s = node_attr(self, s_started);
         if (s == NULL)
             goto done;
         PyObject *s1 = PyNumber_InPlaceAdd(s, i_one);
         Py_DECREF(s);
         if (s1 == NULL)
             goto done;
-        t = PyObject_SetAttr(self, s_started, s1);
+        t = node_set(self, s_started, s1);
         Py_DECREF(s1);
         if (t < 0)
             goto done;
@@ -1457,9 +1457,9 @@ head_complete_c(PyObject *self, PyObject *down, PyObject *ex)
         o[O_RID_B] = PyUnicode_AsUTF8String(o[O_RID]);
     else
         o[O_RID_B] = call_method0(o[O_RID], s_encode);
-    if (o[O_RID_B] == NULL || (o[O_HOOKS] = PyObject_GetAttr(self, s_hooks)) == NULL
+    if (o[O_RID_B] == NULL || (o[O_HOOKS] = node_attr(self, s_hooks)) == NULL
         || (o[O_ACTIONS] = PyObject_GetAttr(o[O_HOOKS], s_header_actions)) == NULL
-        || (o[O_HOOKS2] = PyObject_GetAttr(self, s_hooks)) == NULL)
+        || (o[O_HOOKS2] = node_attr(self, s_hooks)) == NULL)
         goto done;
     {
         PyObject *a[3] = {o[O_HOOKS2], self, o[O_CTX]};
@@ -1491,7 +1491,7 @@ head_trusted(PyObject *self, PyObject *ex, PyObject **o)
 {
     PyObject *fn = global(N.globals, s_client_from_xff), *snap = NULL, *is_trusted = NULL, *xff = NULL;
     int r = -1;
-    if (fn == NULL || (snap = PyObject_GetAttr(self, s_snapshot)) == NULL
+    if (fn == NULL || (snap = node_attr(self, s_snapshot)) == NULL
         || (is_trusted = PyObject_GetAttr(snap, s_is_trusted_proxy)) == NULL)
         goto done;
     PyObject *a[3] = {ex, o[O_CLIENT_IP], is_trusted};
@@ -1905,12 +1905,12 @@ act_dispatch(PyObject *node, PyObject *down, PyObject *ex)
         goto done;
     if (Py_TYPE(ctx) != A.type[T_CTX])
         goto python;   /* (None: Python's assert) */
-    if ((hooks = PyObject_GetAttr(node, A.s_hooks)) == NULL
+    if ((hooks = node_attr(node, A.s_hooks)) == NULL
         || (prot = PyObject_GetAttr(hooks, A.s_protect_active)) == NULL)
         goto done;
     if (prot != Py_False)
         goto python;   /* the protect phase's hooks */
-    if ((snap = PyObject_GetAttr(node, s_snapshot)) == NULL || (router = snap_attr(snap, 0)) == NULL
+    if ((snap = node_attr(node, s_snapshot)) == NULL || (router = snap_attr(snap, 0)) == NULL
         || (route = PyObject_GetAttr(router, A.s_every)) == NULL)
         goto done;
     if (Py_TYPE(route) != A.type[T_ROUTE])
@@ -2067,12 +2067,12 @@ act_start(PyObject *ex, PyObject *now_arg)
     if ((t = PyFloat_CheckExact(now) ? PyFloat_AS_DOUBLE(now) != 0.0 : PyObject_IsTrue(now)) < 0)
         goto done;
     if (!t) {
-        Py_SETREF(now, call_method0(node, s_now));
+        Py_SETREF(now, node_call0(node, s_now));
         if (now == NULL)
             goto done;
     }
     /* choice = node.selector.pick(ctx, self.tried, now) */
-    if ((sel = PyObject_GetAttr(node, A.s_selector)) == NULL || (tried = aget(ex, AE_TRIED)) == NULL)
+    if ((sel = node_attr(node, A.s_selector)) == NULL || (tried = aget(ex, AE_TRIED)) == NULL)
         goto done;
     {
         PyObject *a[4] = {sel, ctx, tried, now};
@@ -2125,7 +2125,7 @@ act_start(PyObject *ex, PyObject *now_arg)
         goto done;
     /* pool = node.pools.get(backend.id) or node.pool_for(backend) */
     {
-        PyObject *pools = PyObject_GetAttr(node, A.s_pools), *id;
+        PyObject *pools = node_attr(node, A.s_pools), *id;
         if (pools == NULL)
             goto done;
         if ((id = aget(backend, AB_ID)) == NULL) {
@@ -2225,7 +2225,7 @@ act_start(PyObject *ex, PyObject *now_arg)
         PyObject *connecting = gload(G_CONNECTING), *loop, *ct, *coro;
         if (connecting == NULL || aset(ex, AE_STATE, connecting) < 0)
             goto done;
-        if ((loop = PyObject_GetAttr(node, A.s_loop)) == NULL)
+        if ((loop = node_attr(node, A.s_loop)) == NULL)
             goto done;
         ct = PyObject_GetAttr(loop, A.s_create_task);
         Py_DECREF(loop);
@@ -2424,8 +2424,8 @@ act_arm(PyObject *ex, PyObject *now_arg)
         return -1;
     if ((t = PyFloat_CheckExact(now_arg) ? PyFloat_AS_DOUBLE(now_arg) != 0.0 : PyObject_IsTrue(now_arg)) < 0)
         goto done;
-    if ((now = t ? Py_NewRef(now_arg) : call_method0(node, s_now)) == NULL
-        || (snap = PyObject_GetAttr(node, s_snapshot)) == NULL || (rt = snap_attr(snap, 1)) == NULL)
+    if ((now = t ? Py_NewRef(now_arg) : node_call0(node, s_now)) == NULL
+        || (snap = node_attr(node, s_snapshot)) == NULL || (rt = snap_attr(snap, 1)) == NULL)
         goto done;
     if (PyFloat_CheckExact(now) && PyFloat_CheckExact(rt))
         timer = PyFloat_FromDouble(PyFloat_AS_DOUBLE(now) + PyFloat_AS_DOUBLE(rt));
@@ -2434,7 +2434,7 @@ act_arm(PyObject *ex, PyObject *now_arg)
     if (aset(ex, AE_TIMER, timer) < 0)
         goto done;
     /* node.deadlines.add(self) */
-    if ((dl = PyObject_GetAttr(node, A.s_deadlines)) == NULL || set_add(dl, ex) < 0)
+    if ((dl = node_attr(node, A.s_deadlines)) == NULL || set_add(dl, ex) < 0)
         goto done;
     A.count[C_ARM]++;
     r = 0;
@@ -2568,6 +2568,7 @@ activate_counts(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef methods[] = {
+    {"setup_node_slots", setup_node_slots, METH_O, "setup_node_slots(Node): its slots read by offset."},
     {"setup_down", setup_down, METH_VARARGS,
      "setup_down(Downstream, Exchange, globals, WAITING, py_on_url, py_on_message_begin, "
      "py_on_headers_complete, py_on_message_complete): the four C callbacks, as methods of Downstream."},

@@ -269,7 +269,7 @@ head_prepare(PyObject *ex, Head *h)
         return 0;
     /* _clear_timer's set: an exact set runs no Python code between the reads here and the writes */
     if (PyFloat_AS_DOUBLE(f[E_TIMER]) != 0.0) {
-        h->deadlines = PyObject_GetAttr(f[E_NODE], s_deadlines);
+        h->deadlines = node_attr(f[E_NODE], s_deadlines);
         if (h->deadlines == NULL)
             return -1;
         if (!PySet_CheckExact(h->deadlines))
@@ -310,7 +310,7 @@ head_prepare(PyObject *ex, Head *h)
     int r = attr_is_false(f[E_DOWN], s_trusted_peer);
     if (r <= 0)
         return r;
-    PyObject *snap = PyObject_GetAttr(f[E_NODE], s_snapshot);
+    PyObject *snap = node_attr(f[E_NODE], s_snapshot);
     if (snap == NULL)
         return -1;
     PyObject *config = PyObject_GetAttr(snap, s_config);
@@ -321,7 +321,7 @@ head_prepare(PyObject *ex, Head *h)
     Py_DECREF(config);
     if (r <= 0)
         return r;
-    h->via = PyObject_GetAttr(f[E_NODE], s_via_header);
+    h->via = node_attr(f[E_NODE], s_via_header);
     if (h->via == NULL)
         return -1;
     if (!PyBytes_CheckExact(h->via))
@@ -1213,7 +1213,7 @@ response_over(PyObject *down, PyObject *ex, PyObject *now)
         if (node == NULL)
             return truth(down, U.w[W_NODE]);
         Py_INCREF(node);
-        PyObject *draining = ATTR(node, s_draining);
+        PyObject *draining = node_attr(node, s_draining);
         Py_DECREF(node);
         if (draining == NULL)
             return -1;
@@ -1311,7 +1311,7 @@ done_plain(PyObject *ex, PyObject *now)
         goto done;
     if (t) {
         slot_put(ex, S.off[E_TIMER], S.zero_float);
-        PyObject *deadlines = ATTR(node, s_deadlines);
+        PyObject *deadlines = node_attr(node, s_deadlines);
         if (deadlines == NULL)
             goto done;
         t = PySet_CheckExact(deadlines) ? PySet_Discard(deadlines, ex) : call_method(deadlines, s_discard, &ex, 1);
@@ -1342,7 +1342,7 @@ done_plain(PyObject *ex, PyObject *now)
         if (!t) {
             slot_put(ex, U.x[X_ACCOUNTED], Py_True);
             PyObject *start = XS(ex, X_ATTEMPT_START), *status = EX(ex, E_RESP_STATUS), *a[4] = {backend};
-            PyObject *sel = ATTR(node, s_selector), *err = NULL;
+            PyObject *sel = node_attr(node, s_selector), *err = NULL;
             if (sel != NULL && start != NULL && status != NULL && (a[1] = PyNumber_Subtract(now, start)) != NULL)
                 err = PyObject_RichCompare(status, S.i500, Py_GE);
             if (sel != NULL && a[1] != NULL && err != NULL && (t = PyObject_IsTrue(err)) >= 0) {
@@ -1365,7 +1365,7 @@ done_plain(PyObject *ex, PyObject *now)
     /* down.response_finished's first half, and node.finish */
     slot_put(ex, S.off[E_RESP_PARSER], Py_None);
     slot_put(ctx, U.c_end, now);
-    PyObject *stats = ATTR(node, s_stats);
+    PyObject *stats = node_attr(node, s_stats);
     if (stats == NULL)
         goto done;
     t = count(stats, s_requests);
@@ -1393,7 +1393,7 @@ done_plain(PyObject *ex, PyObject *now)
     Py_DECREF(stats);
     if (t < 0)
         goto done;
-    PyObject *f = ATTR(node, s_finished);
+    PyObject *f = node_attr(node, s_finished);
     if (f == NULL)
         goto done;
     if (f != Py_None) {
@@ -1441,7 +1441,7 @@ up_data_received(PyObject *up, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL, *now = NULL;
     if (state == U.sent)
         slot_put(ex, U.x[X_STATE], S.responding_obj);
-    if ((now = PyObject_CallMethodNoArgs(node, s_now)) == NULL)
+    if ((now = node_call0(node, s_now)) == NULL)
         goto done;
     slot_put(ex, S.off[E_LAST_READ], now);
     PyObject *ff = PyDict_GetItemWithError(S.globals, s_feed_fast);   /* exchange._feed_fast */
@@ -1566,6 +1566,7 @@ static PyMethodDef methods[] = {
      "setup_fast(HttpParserCallbackError, UNFED): feed_fast on (after setup)."},
     {"feed_fast", (PyCFunction)(void (*)(void))feed_fast, METH_FASTCALL,
      "feed_fast(ex, data): a whole plain response's callbacks made here (True), or nothing done (False)."},
+    {"setup_node_slots", setup_node_slots, METH_O, "setup_node_slots(Node): its slots read by offset."},
     {"setup_read", setup_read, METH_VARARGS,
      "setup_read(UpstreamConnection, BackendPool, Downstream, deque, HttpParserError, feed_fast, states, "
      "data_received_py, exchange_methods, downstream_methods): UpstreamConnection.data_received in C."},

@@ -94,6 +94,11 @@ def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
 
 
 class Node:
+    # the attributes the hot path reads: slots (a descriptor hit, no dict look-up
+    # from C); the rest, and what tests or hooks add, live in __dict__
+    __slots__ = ("loop", "snapshot", "pools", "selector", "draining", "hooks", "_ids", "_id_prefix",
+                 "via_header", "now", "deadlines", "stats", "started", "_finished", "geo", "__dict__")
+
     def __init__(self, config: Config, *, worker_id: int = 0, reuse_port: bool = False,
                  hooks: "NodeHooks | None" = None) -> None:
         self.loop = asyncio.get_event_loop()
@@ -476,6 +481,10 @@ def _setup_activate_c(c: Any) -> None:
 
 if _head_complete_c is not None:
     attach("proxy._request", _setup_activate_c)
+
+# The C parts read Node's slots by offset (see _heads.h: node_attr).
+for _module in ("proxy._request", "proxy._response"):
+    attach(_module, lambda c: c.setup_node_slots(Node))
 
 
 __all__ = ["Node", "NodeHooks", "Listener", "Reject"]

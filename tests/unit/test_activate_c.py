@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import types
 import os
 from collections import deque
 from typing import Any, Iterator
@@ -194,8 +195,11 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @contextlib.contextmanager
 def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
-    had = name in vars(obj)
-    saved = vars(obj).get(name)
+    # the object's own value: in its __dict__, or in a slot (Node keeps its hot attributes in slots)
+    own = getattr(obj, "__dict__", {})
+    had = name in own or (isinstance(getattr(type(obj), name, None), types.MemberDescriptorType)
+                          and hasattr(obj, name))
+    saved = own[name] if name in own else getattr(obj, name, None)
     setattr(obj, name, value)
     try:
         yield
