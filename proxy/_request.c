@@ -49,6 +49,12 @@
 #include "_slots.h"
 #include "_heads.h"
 
+/* a dict's version: a new one (unique across dicts) with every change, so an
+ * entry read at a version stays valid while the version does (3.11) */
+#if PY_VERSION_HEX < 0x030C0000
+#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+#endif
+
 
 
 /* -- the slots used, resolved once by setup_down ------------------------------ */
@@ -149,9 +155,23 @@ call_py(PyObject *func, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *
 global(PyObject *globals, PyObject *name)
 {
+#ifdef DICT_VERSION
+    /* the module's names as LOAD_GLOBAL caches them: by the dict's version */
+    static struct { PyObject *dict, *name, *value; uint64_t version; } seen[8];
+    unsigned int h = (unsigned int)(((uintptr_t)name >> 4) & 7);
+    if (seen[h].name == name && seen[h].dict == globals && seen[h].version == DICT_VERSION(globals))
+        return Py_NewRef(seen[h].value);
+#endif
     PyObject *v = PyDict_GetItemWithError(globals, name);
-    if (v != NULL)
+    if (v != NULL) {
+#ifdef DICT_VERSION
+        seen[h].dict = globals;
+        seen[h].name = name;
+        seen[h].value = v;   /* borrowed: valid while the dict's version is */
+        seen[h].version = DICT_VERSION(globals);
+#endif
         return Py_NewRef(v);
+    }
     if (PyErr_Occurred())
         return NULL;
     v = PyDict_GetItemWithError(PyEval_GetBuiltins(), name);
@@ -1763,9 +1783,6 @@ static struct {
     PyObject *value;      /* borrowed from dict */
 } G[N_G];
 
-#if PY_VERSION_HEX < 0x030C0000
-#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
-#endif
 
 /* global g, borrowed, when the module defines it; NULL (no error set) when not */
 static PyObject *
