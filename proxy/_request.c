@@ -1677,6 +1677,8 @@ static struct {
     PyObject *fn[N_FN], *fname[N_FN];
     Watch w[N_W];
     PyObject *last_snap, *last_router, *last_timeout;   /* owned: the last Snapshot's, read once */
+    PyObject *descr[N_A];                                /* owned: each slot's member descriptor at setup */
+    unsigned int layout_tag[N_T];                        /* each type's tag when its layout was last checked */
     unsigned long long count[N_C];
     PyObject *s_hooks,
         *s_protect_active, *s_router, *s_every, *s_response_timeout_s, *s_selector, *s_pick,
@@ -1696,11 +1698,40 @@ watch_ok(Watch *w)
     return 1;
 }
 
+/* the type's slots may be read directly: its attribute look-up is still the
+ * generic one (no __getattribute__/__getattr__ given to the class since) and
+ * each slot the C uses still has its member descriptor (not a property put
+ * over it); by version tag, then the dict. Writes also need the generic
+ * __setattr__ (setattr_ok: a frozen Route has its own, and is only read). */
+static int
+layout_ok(int t)
+{
+    PyTypeObject *tp = A.type[t];
+    if (tag_current(tp, A.layout_tag[t]))
+        return 1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr)
+        return 0;
+    int any = -1;
+    for (int i = 0; i < N_A; i++) {
+        if (a_defs[i].type != t)
+            continue;
+        any = i;
+        PyObject *d = PyDict_GetItemWithError(tp->tp_dict, A.name[i]);   /* borrowed */
+        if (d != A.descr[i]) {
+            if (d == NULL && PyErr_Occurred())
+                PyErr_Clear();
+            return 0;
+        }
+    }
+    A.layout_tag[t] = any < 0 ? 0 : type_tag(tp, A.name[any]);
+    return 1;
+}
+
 /* o.<attr i>, owned: the slot for an object of its exact class, else as Python reads it */
 static PyObject *
 aget(PyObject *o, int i)
 {
-    if (Py_TYPE(o) == A.type[a_defs[i].type]) {
+    if (Py_TYPE(o) == A.type[a_defs[i].type] && layout_ok(a_defs[i].type)) {
         PyObject *v = SLOT(o, A.off[i]);
         if (v != NULL)
             return Py_NewRef(v);
@@ -1714,7 +1745,8 @@ aset(PyObject *o, int i, PyObject *v)
 {
     if (v == NULL)
         return -1;
-    if (Py_TYPE(o) == A.type[a_defs[i].type]) {
+    if (Py_TYPE(o) == A.type[a_defs[i].type] && layout_ok(a_defs[i].type)
+        && Py_TYPE(o)->tp_setattro == PyObject_GenericSetAttr) {
         slot_set(o, A.off[i], v);
         return 0;
     }
@@ -1860,7 +1892,7 @@ static int act_arm(PyObject *ex, PyObject *now);
 static int
 act_activate(PyObject *self, PyObject *ex)
 {
-    PyObject *pb = Py_TYPE(ex) == A.type[T_EX] ? SLOT(ex, A.off[AE_PENDING_BODY]) : NULL;
+    PyObject *pb = Py_TYPE(ex) == A.type[T_EX] && layout_ok(T_EX) ? SLOT(ex, A.off[AE_PENDING_BODY]) : NULL;
     PyObject *waiting = gget(G_WAITING);
     if (pb == NULL || !PyList_CheckExact(pb) || PyList_GET_SIZE(pb) != 0 || waiting == NULL) {
         PyObject *a[3] = {self, ex, Py_True};
@@ -2384,7 +2416,8 @@ act_attach(PyObject *ex, PyObject *conn, PyObject *now)
 {
     PyObject *down = SLOT(ex, A.off[AE_DOWN]), *pb = SLOT(ex, A.off[AE_PENDING_BODY]);
     PyObject *sent = gget(G_SENT), *unfed = gget(G_UNFED);
-    if (Py_TYPE(conn) != A.type[T_CONN] || SLOT(conn, A.off[AU_TRANSPORT]) == NULL
+    if (Py_TYPE(conn) != A.type[T_CONN] || !layout_ok(T_CONN) || !layout_ok(T_EX) || !layout_ok(T_DOWN)
+        || SLOT(conn, A.off[AU_TRANSPORT]) == NULL
         || SLOT(conn, A.off[AU_TRANSPORT]) == Py_None || SLOT(ex, A.off[AE_HOST_MISSING]) != Py_False
         || down == NULL || Py_TYPE(down) != A.type[T_DOWN] || SLOT(down, A.off[AD_WRITE_PAUSED]) != Py_False
         || pb == NULL || !PyList_CheckExact(pb) || PyList_GET_SIZE(pb) != 0 || sent == NULL || unfed == NULL) {
@@ -2468,7 +2501,8 @@ done:
 static PyObject *
 activate(PyObject *self, PyObject *ex)
 {
-    if (A.ready && A.enabled && Py_TYPE(self) == A.type[T_DOWN] && watch_ok(&A.w[W_DOWN]))
+    if (A.ready && A.enabled && Py_TYPE(self) == A.type[T_DOWN] && watch_ok(&A.w[W_DOWN]) && layout_ok(T_DOWN)
+        && A.type[T_DOWN]->tp_setattro == PyObject_GenericSetAttr)
         return act_activate(self, ex) < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *b[3] = {self, ex, Py_True};   /* as Python calls it */
     return PyObject_VectorcallMethod(s_activate, b, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_parsing);
@@ -2517,8 +2551,16 @@ setup_activate(PyObject *module, PyObject *args)
         if (A.name[i] == NULL && (A.name[i] = PyUnicode_InternFromString(a_defs[i].name)) == NULL)
             return NULL;
     }
-    for (int i = 0; i < N_T; i++)
+    for (int i = 0; i < N_T; i++) {
         Py_XSETREF(A.type[i], (PyTypeObject *)Py_NewRef(types[i]));
+        A.layout_tag[i] = 0;
+    }
+    for (int i = 0; i < N_A; i++) {
+        PyObject *d = PyDict_GetItemWithError(A.type[a_defs[i].type]->tp_dict, A.name[i]);   /* (slot_offset found it) */
+        if (d == NULL)
+            return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_TypeError, "setup_activate: %s", a_defs[i].name);
+        Py_XSETREF(A.descr[i], Py_NewRef(d));
+    }
     Py_XSETREF(A.snap_type, (PyTypeObject *)Py_NewRef(snap_type));
     for (int i = 0; i < N_FN; i++) {
         if (A.fname[i] == NULL && (A.fname[i] = PyUnicode_InternFromString(fn_names[i])) == NULL)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import types
 import os
+import types
 from collections import deque
 from typing import Any, Iterator
 
@@ -556,3 +556,22 @@ def test_an_exception_propagates_as_from_python(loop: asyncio.AbstractEventLoop)
             w.run(REQUESTS["plain"], "plain", "write-raises")
         seen.append(got)
     assert seen[0] == seen[1] == ["RuntimeError('write failed')"]
+
+
+# A __setattr__ (a tracer, say) given to a class whose slots the C writes: the
+# C must go through it as Python does (it wrote the slots directly; a review found it).
+@pytest.mark.parametrize("cls_name", ["RequestContext", "Exchange", "BackendState"])
+def test_a_class_setattr_sees_what_python_s_sees(cls_name: str) -> None:
+    cls = {"RequestContext": RequestContext, "Exchange": Exchange, "BackendState": BackendState}[cls_name]
+    seen: dict[bool, list[str]] = {}
+    with event_loop():
+        for c in (True, False):
+            got = seen[c] = []
+            w = World(c, "single", 1, 1.0)
+
+            def setattr_(self: Any, name: str, value: Any, got: list[str] = got) -> None:
+                got.append(name)
+                object.__setattr__(self, name, value)
+            with patched(cls, "__setattr__", setattr_):
+                w.run(REQUESTS["plain"], "none", "")
+    assert seen[True] == seen[False] and seen[False]
