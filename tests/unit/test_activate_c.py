@@ -44,6 +44,8 @@ from proxy.features import build_hooks
 from proxy.node import Listener, Node
 from proxy.snapshot import Route
 from proxy.upstream import BackendPool, UpstreamConnection
+from tests.unit.test_done_plain import Transport as PlainTransport
+from tests.unit.test_done_plain import event_loop, loop  # noqa: F401  (loop: a fixture)
 
 PURE = os.environ.get("NOVAEDGE_PURE_PYTHON") == "1"
 try:
@@ -85,58 +87,28 @@ ODD = ["", "write-paused", "stale", "peer-closed", "closing", "eof", "closed", "
 RESPONSES = ["plain", "reset", "none"]
 
 
-class Transport:
+class Transport(PlainTransport):
+    """test_done_plain's stand-in, with a write and an is_closing() that can
+    be made to fail, and is_closing() calls counted."""
+
     def __init__(self, peer: tuple[str, int]) -> None:
-        self.peer = peer
-        self.out: list[bytes] = []
-        self.closing = False
-        self.paused = False
+        super().__init__(peer)
         self.raise_on_write = False
         self.raise_on_is_closing = False
         self.asked = 0
-
-    def get_extra_info(self, key: str, default: Any = None) -> Any:
-        return self.peer if key == "peername" else default
 
     def write(self, data: bytes) -> None:
         if self.raise_on_write:
             self.raise_on_write = False
             raise RuntimeError("write failed")
-        self.out.append(bytes(data))
-
-    def writelines(self, data: list[bytes]) -> None:
-        self.out.extend(bytes(d) for d in data)
+        super().write(data)
 
     def is_closing(self) -> bool:
         self.asked += 1
         if self.raise_on_is_closing:
             self.raise_on_is_closing = False
             raise RuntimeError("is_closing failed")
-        return self.closing
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def close(self) -> None:
-        self.closing = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.out.append(b"<eof>")
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def set_write_buffer_limits(self, *a: Any, **k: Any) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
+        return super().is_closing()
 
 
 class Sock:
@@ -173,24 +145,6 @@ class Clock:
         self.t += self.step
         return self.t
 
-
-@contextlib.contextmanager
-def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A loop for the Node to find (one per example: hypothesis wants no
-    function-scoped fixture)."""
-    lp = asyncio.new_event_loop()
-    asyncio.set_event_loop(lp)
-    try:
-        yield lp
-    finally:
-        lp.close()
-        asyncio.set_event_loop(None)
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    with event_loop() as lp:
-        yield lp
 
 
 @contextlib.contextmanager
