@@ -78,7 +78,7 @@ static PyObject *parsed_status_of(PyObject *parsed);
 static struct {
     int ready;
     PyTypeObject *type;
-    Py_ssize_t closing, node;
+    Py_ssize_t closing, node, trusted_peer;
     PyObject *keep_alive_after;
 } D;
 
@@ -307,20 +307,38 @@ head_prepare(PyObject *ex, Head *h)
     h->client_11 = str_is(f[E_VERSION], "1.1", 3);
 
     /* no X-NovaEdge-Decision: neither a trusted peer nor debug_headers */
-    int r = attr_is_false(f[E_DOWN], s_trusted_peer);
-    if (r <= 0)
+    PyObject *down = f[E_DOWN], *trusted;
+    int r;
+    if (D.ready && Py_TYPE(down) == D.type && (trusted = SLOT(down, D.trusted_peer)) != NULL)
+        r = trusted == Py_False;
+    else if ((r = attr_is_false(down, s_trusted_peer)) <= 0)
         return r;
+    if (!r)
+        return 0;
     PyObject *snap = node_attr(f[E_NODE], s_snapshot);
     if (snap == NULL)
         return -1;
-    PyObject *config = PyObject_GetAttr(snap, s_config);
+    /* snapshot.config.debug_headers: once per Snapshot (frozen, as its config) */
+    static PyObject *seen_snap;   /* owned: the last one asked */
+    static int seen_quiet;
+    if (snap != seen_snap) {
+        PyObject *config = PyObject_GetAttr(snap, s_config);
+        if (config == NULL) {
+            Py_DECREF(snap);
+            return -1;
+        }
+        r = attr_is_false(config, s_debug_headers);
+        Py_DECREF(config);
+        if (r < 0) {
+            Py_DECREF(snap);
+            return -1;
+        }
+        seen_quiet = r;
+        Py_XSETREF(seen_snap, Py_NewRef(snap));
+    }
     Py_DECREF(snap);
-    if (config == NULL)
-        return -1;
-    r = attr_is_false(config, s_debug_headers);
-    Py_DECREF(config);
-    if (r <= 0)
-        return r;
+    if (!seen_quiet)
+        return 0;
     h->via = node_attr(f[E_NODE], s_via_header);
     if (h->via == NULL)
         return -1;
@@ -373,7 +391,8 @@ head_prepare(PyObject *ex, Head *h)
 static int
 keep_alive_after(PyObject *ex)
 {
-    PyObject *down = PyObject_GetAttr(ex, s_down);   /* self.down (unset: Python's own error) */
+    PyObject *down = EX(ex, E_DOWN);   /* self.down (an exact Exchange here; unset: Python's own error) */
+    down = down != NULL ? Py_NewRef(down) : PyObject_GetAttr(ex, s_down);
     if (down == NULL)
         return -1;
     int r = -2;
@@ -388,7 +407,7 @@ keep_alive_after(PyObject *ex)
                 PyObject *node = SLOT(down, D.node);
                 if (node != NULL) {
                     Py_INCREF(node);
-                    PyObject *draining = PyObject_GetAttr(node, s_draining);
+                    PyObject *draining = node_attr(node, s_draining);
                     Py_DECREF(node);
                     if (draining == NULL)
                         PyErr_Clear();   /* the method raises it */
@@ -604,9 +623,10 @@ setup_down(PyObject *self, PyObject *args)
     PyObject *down_type, *fn;
     if (!PyArg_ParseTuple(args, "O!O:setup_down", &PyType_Type, &down_type, &fn))
         return NULL;
-    Py_ssize_t closing, node;
+    Py_ssize_t closing, node, trusted_peer;
     if (slot_offset((PyTypeObject *)down_type, "closing", &closing) < 0
-        || slot_offset((PyTypeObject *)down_type, "node", &node) < 0)
+        || slot_offset((PyTypeObject *)down_type, "node", &node) < 0
+        || slot_offset((PyTypeObject *)down_type, "trusted_peer", &trusted_peer) < 0)
         return NULL;
     if (((PyTypeObject *)down_type)->tp_dictoffset != 0) {
         PyErr_SetString(PyExc_TypeError, "setup_down: Downstream must have no __dict__");
@@ -615,6 +635,7 @@ setup_down(PyObject *self, PyObject *args)
     D.ready = 0;
     D.closing = closing;
     D.node = node;
+    D.trusted_peer = trusted_peer;
     Py_INCREF(down_type); Py_XSETREF(D.type, (PyTypeObject *)down_type);
     Py_INCREF(fn); Py_XSETREF(D.keep_alive_after, fn);
     D.ready = 1;
