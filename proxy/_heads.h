@@ -306,6 +306,19 @@ type_tag(PyTypeObject *t, PyObject *any_name)
     return tag_valid(t) ? t->tp_version_tag : 0;
 }
 
+/* t still holds expected[i] under names[i]: by *tag while it is current, else
+ * by its dict (type_holds), remembering its new tag in *tag; 1 yes, 0 no */
+static inline int
+type_still_holds(PyTypeObject *t, PyObject *const *names, PyObject *const *expected, int n, unsigned int *tag)
+{
+    if (tag_current(t, *tag))
+        return 1;
+    if (!type_holds(t, names, expected, n))
+        return 0;
+    *tag = type_tag(t, names[0]);
+    return 1;
+}
+
 /* -- the node's slots, by offset --------------------------------------------------------
  * Node keeps what the hot path reads in __slots__ (the rest in its __dict__,
  * which a slot's descriptor always wins over). node_attr(node, name) reads
@@ -326,13 +339,7 @@ static struct {
 static inline int
 node_slots_current(void)
 {
-    PyTypeObject *t = NodeSlots.type;
-    if (tag_current(t, NodeSlots.tag))
-        return 1;
-    if (!type_holds(t, NodeSlots.names, NodeSlots.descr, NodeSlots.n))
-        return 0;
-    NodeSlots.tag = type_tag(t, NodeSlots.names[0]);
-    return 1;
+    return type_still_holds(NodeSlots.type, NodeSlots.names, NodeSlots.descr, NodeSlots.n, &NodeSlots.tag);
 }
 
 /* the slot's index, or -1: read it the generic way */

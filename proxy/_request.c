@@ -1690,12 +1690,7 @@ static struct {
 static int
 watch_ok(Watch *w)
 {
-    if (tag_current(w->type, w->tag))
-        return 1;
-    if (!type_holds(w->type, w->names, w->funcs, w->n))
-        return 0;
-    w->tag = type_tag(w->type, w->names[0]);
-    return 1;
+    return type_still_holds(w->type, w->names, w->funcs, w->n, &w->tag);
 }
 
 /* the type's slots may be read directly: its attribute look-up is still the

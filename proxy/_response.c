@@ -1088,6 +1088,7 @@ static struct {
     PyObject *parser_error;       /* httptools.HttpParserError */
     PyObject *feed_fast;          /* this module's feed_fast, as exchange._feed_fast holds it */
     PyObject *ex_fns[N_MX], *down_fns[N_MD];
+    PyObject *ex_names[N_MX], *down_names[N_MD];   /* their names (interned, set at setup_read) */
     unsigned int ex_tag, down_tag;
     unsigned long long ended;     /* responses done_plain ended (for the tests) */
 } U;
@@ -1103,25 +1104,8 @@ static PyObject *s_read_on, *s_upstream_data, *s_read_over, *s_done_plain, *s_wr
 static int
 read_unchanged(void)
 {
-    static PyObject **const xn[N_MX] = {&s_upstream_data, &s_read_over, &s_done_plain};
-    static PyObject **const dn[N_MD] = {&s_write, &s_response_over};
-    if (!tag_current(S.ex_type, U.ex_tag)) {
-        PyObject *names[N_MX];
-        for (int i = 0; i < N_MX; i++)
-            names[i] = *xn[i];
-        if (!type_holds(S.ex_type, names, U.ex_fns, N_MX))
-            return 0;
-        U.ex_tag = type_tag(S.ex_type, names[0]);
-    }
-    if (!tag_current(U.down_type, U.down_tag)) {
-        PyObject *names[N_MD];
-        for (int i = 0; i < N_MD; i++)
-            names[i] = *dn[i];
-        if (!type_holds(U.down_type, names, U.down_fns, N_MD))
-            return 0;
-        U.down_tag = type_tag(U.down_type, names[0]);
-    }
-    return 1;
+    return type_still_holds(S.ex_type, U.ex_names, U.ex_fns, N_MX, &U.ex_tag)
+        && type_still_holds(U.down_type, U.down_names, U.down_fns, N_MD, &U.down_tag);
 }
 
 /* an exact int's value, or `otherwise` */
@@ -1568,6 +1552,9 @@ setup_read(PyObject *self, PyObject *args)
     Py_INCREF(error); Py_XSETREF(U.parser_error, error);
     Py_INCREF(ff); Py_XSETREF(U.feed_fast, ff);
     Py_INCREF(py); Py_XSETREF(U.py_data_received, py);
+    U.ex_names[M_UPSTREAM_DATA] = s_upstream_data, U.ex_names[M_READ_OVER] = s_read_over;
+    U.ex_names[M_DONE_PLAIN] = s_done_plain;
+    U.down_names[M_WRITE] = s_write, U.down_names[M_RESPONSE_OVER] = s_response_over;
     for (int i = 0; i < N_MX; i++)
         Py_XSETREF(U.ex_fns[i], Py_NewRef(PyTuple_GET_ITEM(xf, i)));
     for (int i = 0; i < N_MD; i++)
